@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+.PHONY: demo test test-fast lab browser clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) -e '.[dev]'
+	touch $(STAMP)
+
+## demo: collect the bundled toy model over Shapes, print what it found, export the explorer
+demo: $(STAMP)
+	$(PY) -m neuronwidgets demo --out runs/demo
+
+## lab: open the quickstart notebook in JupyterLab
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/01_quickstart.ipynb
+
+## browser: Debian's Chromium for the widget tests (skipped where apt is absent)
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) \
+	  || echo "WARNING: could not install chromium; browser tests will be skipped"; \
+	else echo "WARNING: no apt-get: browser tests will be skipped"; fi
+
+## test: the whole suite, slow tests included
+test: $(STAMP) browser
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

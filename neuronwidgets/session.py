@@ -1,0 +1,274 @@
+"""Session: a model, its processor and its device behind one small surface (trace, generate, collect)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from neuronwidgets.adapters import adapter_for
+from neuronwidgets.adapters.base import check_site
+from neuronwidgets.inputs import load_image
+from neuronwidgets.trace import Trace
+
+
+@dataclass
+class Encoded:
+    """One input ready for the model: token ids (image tokens expanded) and pixels."""
+
+    input_ids: list[int]
+    pixel_values: torch.Tensor  # [3, H, W]
+    n_prompt: int  # tokens before the continuation
+
+
+class Session:
+    """A vision-language model on its device, with the neuron site it records.
+
+    >>> session = Session.toy()
+    >>> trace = session.trace(image, "USER: <image>\\nWhat is the red shape? ASSISTANT:")
+    """
+
+    def __init__(self, model, processor, *, name: str = "", site: str = "act"):
+        self.model = model.eval()
+        self.processor = processor
+        self.adapter = adapter_for(model, processor)
+        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.site = check_site(site)
+
+    # --- construction ----------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device: str | None = None, dtype=None, site: str = "act", **kwargs) -> "Session":
+        """Load a checkpoint (local folder or cached hub id): CUDA when present, half precision there."""
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype is None:
+            dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+        elif isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        model = LlavaForConditionalGeneration.from_pretrained(str(name_or_path), dtype=dtype, **kwargs).to(device)
+        processor = AutoProcessor.from_pretrained(str(name_or_path))
+        return cls(model, processor, name=str(name_or_path), site=site)
+
+    @classmethod
+    def from_model(cls, model, processor, site: str = "act", name: str | None = None) -> "Session":
+        """Wrap a model and processor you already have."""
+        return cls(model, processor, name=name or "", site=site)
+
+    @classmethod
+    def toy(cls, site: str = "act") -> "Session":
+        """The bundled tiny LLaVA trained on the Shapes world: offline, CPU, seconds."""
+        from neuronwidgets.toy import WEIGHTS_DIR
+
+        return cls.from_pretrained(WEIGHTS_DIR, device="cpu", dtype=torch.float32, site=site)
+
+    # --- facts -----------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def n_layers(self) -> int:
+        return self.adapter.n_layers
+
+    @property
+    def n_neurons(self) -> int:
+        return self.adapter.n_neurons
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.adapter.grid
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    def __repr__(self) -> str:
+        return (
+            f"<Session {self.name!r} on {self.device} ({str(self.dtype).replace('torch.', '')}): "
+            f"{self.n_layers} layers x {self.n_neurons} neurons at site {self.site!r}, "
+            f"{self.grid[0]}x{self.grid[1]} patches>"
+        )
+
+    # --- inputs ----------------------------------------------------------------
+    def check_prompt(self, prompt: str) -> str:
+        placeholder = self.adapter.image_placeholder
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        count = prompt.count(placeholder)
+        if count != 1:
+            what = "does not contain" if count == 0 else f"contains {count} times"
+            raise ValueError(
+                f"the prompt {what} the image placeholder {placeholder!r}; it must appear exactly once. "
+                f"Expected a prompt like {self.adapter.prompt_template.format(question='What is in the image?')!r}"
+            )
+        return prompt
+
+    def check_layers(self, layers: Sequence[int] | None) -> list[int]:
+        n = self.n_layers
+        if layers is None:
+            return list(range(n))
+        if isinstance(layers, (int, np.integer)):
+            layers = [int(layers)]
+        out = []
+        for layer in layers:
+            layer = int(layer)
+            if layer < 0:
+                layer += n
+            if not 0 <= layer < n:
+                raise IndexError(f"layer {layer} is out of range: this model has layers 0..{n - 1}")
+            out.append(layer)
+        return sorted(set(out))
+
+    def encode(self, image, prompt: str, continuation: str | Sequence[int] | None = None) -> Encoded:
+        """Token ids with the image placeholder expanded, and the image's pixel values."""
+        self.check_prompt(prompt)
+        pil = load_image(image)
+        enc = self.processor(images=pil, text=prompt, return_tensors="pt")
+        ids = enc["input_ids"][0].tolist()
+        n_prompt = len(ids)
+        if continuation is not None:
+            if isinstance(continuation, str):
+                cont = self.tokenizer(" " + continuation.strip(), add_special_tokens=False)["input_ids"]
+            else:
+                cont = [int(t) for t in continuation]
+            ids = ids + cont
+        return Encoded(ids, enc["pixel_values"][0], n_prompt)
+
+    def token_table(self, enc: Encoded) -> pd.DataFrame:
+        """One row per position: position, token_id, token, modality, part, row, col."""
+        ids = np.asarray(enc.input_ids)
+        is_image = ids == self.adapter.image_token_id
+        rows, cols = self.grid
+        n_image = int(is_image.sum())
+        if n_image != rows * cols:
+            raise ValueError(f"expected {rows * cols} image tokens for a {rows}x{cols} grid, found {n_image}")
+        order = np.cumsum(is_image) - 1
+        positions = np.arange(len(ids))
+        part = np.where(is_image, "image", np.where(positions < enc.n_prompt, "prompt", "continuation"))
+        return pd.DataFrame(
+            {
+                "position": positions,
+                "token_id": ids,
+                "token": token_texts(self.tokenizer, ids),
+                "modality": np.where(is_image, "image", "text"),
+                "part": part,
+                "row": np.where(is_image, order // cols, -1),
+                "col": np.where(is_image, order % cols, -1),
+            }
+        )
+
+    # --- the forward pass --------------------------------------------------------
+    @torch.inference_mode()
+    def forward_record(self, batch: Sequence[Encoded], layers: Sequence[int], site: str | None = None):
+        """Run a right-padded batch and return ({layer: [B, T, N] on device}, lengths).
+
+        Right padding keeps every real token at the position it has when run alone, and the
+        causal mask keeps pads out of the real tokens' view: batched == unbatched.
+        """
+        site = check_site(site or self.site)
+        lengths = [len(e.input_ids) for e in batch]
+        width = max(lengths)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, e in enumerate(batch):
+            input_ids[i, : lengths[i]] = torch.tensor(e.input_ids)
+            mask[i, : lengths[i]] = 1
+        pixels = torch.stack([e.pixel_values for e in batch]).to(self.device, self.dtype)
+        with self.adapter.record(layers, site) as store:
+            self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), pixel_values=pixels, use_cache=False, logits_to_keep=1)
+        return store, lengths
+
+    def trace(self, image, prompt: str, layers: Sequence[int] | None = None, continuation: str | Sequence[int] | None = None, site: str | None = None) -> Trace:
+        """Run one image and prompt and record every neuron of `layers` (default: all) on every token."""
+        return self.trace_batch([image], [prompt], layers=layers, continuations=None if continuation is None else [continuation], site=site)[0]
+
+    def trace_batch(self, images: Sequence, prompts: Sequence[str] | str, layers: Sequence[int] | None = None, continuations: Sequence | None = None, site: str | None = None) -> list[Trace]:
+        """`trace` for several inputs in one forward pass (a prompt string is used for all)."""
+        if isinstance(prompts, str):
+            prompts = [prompts] * len(images)
+        if len(prompts) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        continuations = continuations or [None] * len(images)
+        layers = self.check_layers(layers)
+        site = check_site(site or self.site)
+        pils = [load_image(im) for im in images]
+        encoded = [self.encode(im, p, c) for im, p, c in zip(pils, prompts, continuations)]
+        store, lengths = self.forward_record(encoded, layers, site)
+        # One host copy for all recorded layers: [layers, B, T, N].
+        stacked = torch.stack([store[layer] for layer in layers]).float().cpu().numpy()
+        traces = []
+        for i, enc in enumerate(encoded):
+            traces.append(
+                Trace(
+                    tokens=self.token_table(enc),
+                    layers=list(layers),
+                    site=site,
+                    grid=self.grid,
+                    n_neurons=self.n_neurons,
+                    image=pils[i],
+                    prompt=prompts[i],
+                    continuation=continuations[i] if isinstance(continuations[i], str) else None,
+                    model_name=self.name,
+                    _acts=np.ascontiguousarray(stacked[:, i, : lengths[i]]),
+                )
+            )
+        return traces
+
+    # --- generation ----------------------------------------------------------------
+    @torch.inference_mode()
+    def generate_ids(self, images: Sequence, prompts: Sequence[str], max_new_tokens: int = 48) -> list[list[int]]:
+        """Greedy answers as token ids (no end-of-sequence, no padding), batched with left padding."""
+        for p in prompts:
+            self.check_prompt(p)
+        pils = [load_image(im) for im in images]
+        tok = self.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = self.processor(images=pils, text=list(prompts), return_tensors="pt", padding=True)
+        finally:
+            tok.padding_side = side
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        enc["pixel_values"] = enc["pixel_values"].to(self.dtype)
+        out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        new = out[:, enc["input_ids"].shape[1] :].tolist()
+        stop = {tok.eos_token_id, tok.pad_token_id}
+        answers = []
+        for seq in new:
+            cut = next((j for j, t in enumerate(seq) if t in stop), len(seq))
+            answers.append(seq[:cut])
+        return answers
+
+    def generate(self, image, prompt: str, max_new_tokens: int = 48) -> str:
+        """The model's greedy answer to `prompt` about `image`: the answer text only."""
+        ids = self.generate_ids([image], [prompt], max_new_tokens=max_new_tokens)[0]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def describe(self, image, max_new_tokens: int = 48) -> str:
+        """The model's description of `image` (the paper's text side)."""
+        from neuronwidgets.datasets.base import DESCRIBE_QUESTION
+
+        return self.generate(image, self.adapter.prompt_template.format(question=DESCRIBE_QUESTION), max_new_tokens)
+
+    # --- collection ------------------------------------------------------------------
+    def collect(self, dataset, **kwargs):
+        """Stream `dataset` through the model into a NeuronIndex (see `neuronwidgets.collect`)."""
+        from neuronwidgets.collect import collect
+
+        return collect(self, dataset, **kwargs)
+
+
+def token_texts(tokenizer, ids: Sequence[int]) -> list[str]:
+    """Each token's own text, faithfully: SentencePiece's '\u2581' as a space, byte tokens kept."""
+    pieces = tokenizer.convert_ids_to_tokens([int(i) for i in ids])
+    return [(p or "").replace("\u2581", " ").replace("\u0120", " ").replace("\u010a", "\n") for p in pieces]

@@ -1,0 +1,172 @@
+"""Session and Trace on a tiny random LLaVA: activations match a hand computation, errors are clear."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from neuronwidgets.session import Session
+from tests.conftest import PROMPT
+
+
+def _mlp_inputs(session, image, prompt, continuation=None):
+    """Each decoder layer's MLP input from a plain forward pass with our own hooks."""
+    enc = session.encode(image, prompt, continuation)
+    store, handles = {}, []
+    for i, layer in enumerate(session.adapter.decoder_layers()):
+        handles.append(layer.mlp.register_forward_pre_hook(lambda m, a, i=i: store.__setitem__(i, a[0].detach().clone())))
+    try:
+        with torch.no_grad():
+            session.model(
+                input_ids=torch.tensor([enc.input_ids]),
+                pixel_values=enc.pixel_values[None],
+            )
+    finally:
+        for h in handles:
+            h.remove()
+    return enc, store
+
+
+@pytest.mark.parametrize("site", ["act", "mlp_in"])
+def test_trace_matches_hand_computed_neurons(tiny_session, rgb_image, site):
+    trace = tiny_session.trace(rgb_image, PROMPT, continuation="a red circle", site=site)
+    enc, inputs = _mlp_inputs(tiny_session, rgb_image, PROMPT, "a red circle")
+    assert trace.site == site
+    for layer, mlp_layer in enumerate(tiny_session.adapter.decoder_layers()):
+        mlp = mlp_layer.mlp
+        x = inputs[layer][0]
+        with torch.no_grad():
+            expected = mlp.act_fn(mlp.gate_proj(x))
+            if site == "mlp_in":
+                expected = expected * mlp.up_proj(x)
+        got = trace.activations(layer)
+        assert got.dtype == np.float32
+        assert got.shape == (len(enc.input_ids), tiny_session.n_neurons)
+        np.testing.assert_allclose(got, expected.numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(trace.neuron(layer, 5), expected[:, 5].numpy(), atol=1e-5)
+
+
+def test_sites_differ(tiny_session, rgb_image):
+    a = tiny_session.trace(rgb_image, PROMPT, site="act").activations(0)
+    b = tiny_session.trace(rgb_image, PROMPT, site="mlp_in").activations(0)
+    assert not np.allclose(a, b)
+
+
+def test_image_positions_and_grid_match_processor_expansion(tiny_session, rgb_image):
+    trace = tiny_session.trace(rgb_image, PROMPT, continuation="a red circle")
+    enc = tiny_session.processor(images=Image.fromarray(rgb_image), text=PROMPT, return_tensors="pt")
+    ids = enc["input_ids"][0].numpy()
+    image_id = tiny_session.model.config.image_token_index
+    expected_positions = np.flatnonzero(ids == image_id)
+    rows, cols = tiny_session.grid
+    assert (rows, cols) == (4, 4)
+    assert len(expected_positions) == rows * cols
+    img = trace.tokens[trace.tokens.modality == "image"]
+    np.testing.assert_array_equal(img.position.to_numpy(), expected_positions)
+    np.testing.assert_array_equal(img.row.to_numpy(), np.repeat(np.arange(rows), cols))
+    np.testing.assert_array_equal(img.col.to_numpy(), np.tile(np.arange(cols), rows))
+    # image_map puts each patch's value at its (row, col)
+    values = trace.neuron(1, 7)
+    grid = trace.image_map(1, 7)
+    assert grid[2, 3] == values[expected_positions[2 * cols + 3]]
+    # the continuation's tokens are text, marked as such, and decode to what was given
+    cont = trace.tokens[trace.tokens.part == "continuation"]
+    assert "".join(cont.token).strip() == "a red circle"
+    assert set(trace.tokens.modality) == {"image", "text"}
+    assert list(trace.tokens.columns[:7]) == ["position", "token_id", "token", "modality", "part", "row", "col"]
+
+
+def test_batched_trace_equals_single(tiny_session, rgb_image):
+    other = np.flipud(rgb_image).copy()
+    prompts = [PROMPT, "USER: <image>\nWhat? ASSISTANT:"]
+    batch = tiny_session.trace_batch([rgb_image, other], prompts, layers=[0, 2])
+    for img, prompt, tr in zip([rgb_image, other], prompts, batch):
+        single = tiny_session.trace(img, prompt, layers=[0, 2])
+        assert tr.layers == [0, 2]
+        np.testing.assert_allclose(tr.activations(2), single.activations(2), atol=1e-5)
+        assert len(tr.tokens) == len(single.tokens)
+
+
+def test_layers_limit_what_is_recorded(tiny_session, rgb_image):
+    trace = tiny_session.trace(rgb_image, PROMPT, layers=[1])
+    assert trace.layers == [1]
+    with pytest.raises(IndexError, match=r"layer 0 was not recorded.*recorded layers: 1"):
+        trace.activations(0)
+
+
+def test_accepts_pil_array_and_path(tiny_session, rgb_image, tmp_path):
+    path = tmp_path / "img.png"
+    Image.fromarray(rgb_image).save(path)
+    a = tiny_session.trace(rgb_image, PROMPT, layers=[0]).activations(0)
+    b = tiny_session.trace(Image.fromarray(rgb_image), PROMPT, layers=[0]).activations(0)
+    c = tiny_session.trace(str(path), PROMPT, layers=[0]).activations(0)
+    d = tiny_session.trace(rgb_image.astype(np.float32) / 255.0, PROMPT, layers=[0]).activations(0)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+    np.testing.assert_allclose(a, d, atol=1e-5)
+
+
+def test_bad_inputs_raise_clear_errors(tiny_session, rgb_image, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        tiny_session.trace(tmp_path / "nope.png", PROMPT)
+    bad = tmp_path / "notanimage.png"
+    bad.write_text("hello")
+    with pytest.raises(ValueError, match="notanimage.png"):
+        tiny_session.trace(bad, PROMPT)
+    with pytest.raises(ValueError, match=r"does not contain the image placeholder '<image>'.*USER: <image>"):
+        tiny_session.trace(rgb_image, "What is the red shape?")
+    with pytest.raises(ValueError, match="contains 2 times"):
+        tiny_session.trace(rgb_image, "USER: <image> <image> hi ASSISTANT:")
+    with pytest.raises(ValueError, match="shape"):
+        tiny_session.trace(np.zeros((4, 4, 7), np.uint8), PROMPT)
+    with pytest.raises(TypeError, match="PIL image"):
+        tiny_session.trace(12, PROMPT)
+    with pytest.raises(IndexError, match=r"layer 9 is out of range: this model has layers 0..2"):
+        tiny_session.trace(rgb_image, PROMPT, layers=[9])
+    trace = tiny_session.trace(rgb_image, PROMPT, layers=[0])
+    with pytest.raises(IndexError, match=r"neuron 48 is out of range.*0..47"):
+        trace.neuron(0, 48)
+    with pytest.raises(IndexError, match="neuron -1"):
+        trace.image_map(0, -1)
+    with pytest.raises(ValueError, match="unknown neuron site"):
+        tiny_session.trace(rgb_image, PROMPT, site="resid")
+
+
+def test_unsupported_model_lists_supported_families(tiny_session):
+    with pytest.raises(TypeError, match="Supported model families: LLaVA-1.5"):
+        Session.from_model(torch.nn.Linear(2, 2), tiny_session.processor)
+
+
+def test_hooks_are_removed_when_forward_raises(tiny_session, rgb_image):
+    layers = tiny_session.adapter.decoder_layers()
+    victim = layers[1].mlp.up_proj
+
+    def boom(module, args):
+        raise RuntimeError("boom")
+
+    handle = victim.register_forward_pre_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            tiny_session.trace(rgb_image, PROMPT)
+    finally:
+        handle.remove()
+    for layer in layers:
+        assert not layer.mlp.act_fn._forward_hooks
+        assert not layer.mlp.down_proj._forward_pre_hooks
+    # and the session still works afterwards
+    assert tiny_session.trace(rgb_image, PROMPT, layers=[0]).activations(0).shape[1] == 48
+
+
+def test_generate_returns_answer_text_only(tiny_session, rgb_image):
+    answer = tiny_session.generate(rgb_image, PROMPT, max_new_tokens=4)
+    assert isinstance(answer, str)
+    assert "ASSISTANT" not in answer
+    ids = tiny_session.generate_ids([rgb_image, rgb_image], [PROMPT, PROMPT], max_new_tokens=4)
+    assert ids[0] == ids[1]
+
+
+def test_repr_mentions_site_and_grid(tiny_session, rgb_image):
+    assert "site 'act'" in repr(tiny_session)
+    assert "4x4 grid" in repr(tiny_session.trace(rgb_image, PROMPT, layers=[0]))
