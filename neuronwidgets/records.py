@@ -19,10 +19,12 @@ def discretize(values, max_value: float) -> np.ndarray:
     max is not above 0 gives all zeros.
     """
     values = np.asarray(values, dtype=np.float64)
-    if not np.isfinite(max_value) or max_value <= 0:
-        return np.zeros(values.shape, dtype=np.int64)
-    out = np.floor(10.0 * np.maximum(values, 0.0) / max_value)
-    return np.clip(np.nan_to_num(out), 0, 10).astype(np.int64)
+    top = np.asarray(max_value, dtype=np.float64)  # a scalar, or one max per row (broadcast)
+    usable = np.isfinite(top) & (top > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.floor(10.0 * np.maximum(values, 0.0) / np.where(usable, top, 1.0))
+    out = np.where(usable, np.nan_to_num(out), 0.0)
+    return np.clip(out, 0, 10).astype(np.int64)
 
 
 @dataclass

@@ -168,8 +168,11 @@ class Session:
 
     # --- the forward pass --------------------------------------------------------
     @torch.inference_mode()
-    def forward_record(self, batch: Sequence[Encoded], layers: Sequence[int], site: str | None = None):
+    def forward_record(self, batch: Sequence[Encoded], layers: Sequence[int], site: str | None = None, on_activation=None):
         """Run a right-padded batch and return ({layer: [B, T, N] on device}, lengths).
+
+        With `on_activation(layer, acts)`, each layer goes to the callback as it is computed
+        and the returned dict stays empty (see `ModelAdapter.record`).
 
         Right padding keeps every real token at the position it has when run alone, and the
         causal mask keeps pads out of the real tokens' view: batched == unbatched.
@@ -184,7 +187,7 @@ class Session:
             input_ids[i, : lengths[i]] = torch.tensor(e.input_ids)
             mask[i, : lengths[i]] = 1
         pixels = torch.stack([e.pixel_values for e in batch]).to(self.device, self.dtype)
-        with self.adapter.record(layers, site) as store:
+        with self.adapter.record(layers, site, on_activation) as store:
             self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), pixel_values=pixels, use_cache=False, logits_to_keep=1)
         return store, lengths
 

@@ -58,14 +58,16 @@ class ModelAdapter:
 
     # --- recording -----------------------------------------------------------
     @contextlib.contextmanager
-    def record(self, layers: Sequence[int], site: str = "act") -> Iterator[dict[int, torch.Tensor]]:
+    def record(self, layers: Sequence[int], site: str = "act", on_activation=None) -> Iterator[dict[int, torch.Tensor]]:
         """Hook the neurons of `layers` at `site`; yields a dict filled by the next forward.
 
-        Tensors stay on the model's device (no host copy here). Hooks are removed in a
-        `finally`, so none outlives the block, whatever raises inside it.
+        Tensors stay on the model's device (no host copy here). With `on_activation(layer,
+        tensor)` given, each layer is handed over as soon as it is computed instead of kept,
+        so a reduction never holds more than one layer. Hooks are removed in a `finally`, so
+        none outlives the block, whatever raises inside it.
         """
         check_site(site)
-        store: dict[int, torch.Tensor] = {}
+        store: dict[int, torch.Tensor] = _CallbackStore(on_activation) if on_activation else {}
         handles = []
         all_layers = self.decoder_layers()
         try:
@@ -79,6 +81,17 @@ class ModelAdapter:
         finally:
             for h in handles:
                 h.remove()
+
+
+class _CallbackStore(dict):
+    """A dict whose writes go straight to a callback (nothing is kept)."""
+
+    def __init__(self, callback):
+        super().__init__()
+        self._callback = callback
+
+    def __setitem__(self, layer, tensor):
+        self._callback(layer, tensor)
 
 
 def _keep_output(store: dict, layer: int):

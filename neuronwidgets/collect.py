@@ -1,0 +1,184 @@
+"""Stream a dataset through the model into a NeuronIndex: every neuron on every patch and text token.
+
+Memory does not grow with the dataset: each layer is reduced on the model's device inside
+its forward hook (see reduce.py). With a `path`, the collection checkpoints as it goes;
+the same call run again resumes where it stopped and ends with the same index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from neuronwidgets.datasets.convert import as_samples
+from neuronwidgets.index import FORMAT_VERSION, MANIFEST, IndexFormatError, NeuronIndex, RandomSet, random_key, state_to_arrays, write_index
+from neuronwidgets.reduce import HIST_EDGES, LayerState
+from neuronwidgets.session import token_texts
+
+TEXT_SOURCES = ("generate", "caption", "prompt")
+#: Manifest keys that must match for a folder to be resumed or reused.
+RUN_KEYS = ("model", "site", "layers", "n_neurons", "grid", "text", "top_k", "token_k", "random_k", "map_bits",
+            "max_text_tokens", "batch_size", "seed", "dataset", "positions")
+
+
+def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int = 50, token_k: int | None = None,
+            random_k: int = 10, batch_size: int = 16, path: str | Path | None = None, text: str = "generate",
+            max_text_tokens: int = 64, map_bits: int = 4, checkpoint_every: int = 20, indices: Sequence[int] | None = None,
+            seed: int = 0, overwrite: bool = False, progress: bool = True) -> NeuronIndex:
+    """Record `layers` (default all) over `dataset` and return its NeuronIndex.
+
+    text: which tokens count as text tokens, as in the paper: "generate" (the model's own
+    greedy answer to the sample's prompt, fed back in one pass; the default), "caption" (the
+    dataset's caption read after the prompt) or "prompt" (the prompt's own text tokens).
+    indices: the dataset positions to process (shards); sample numbers are dataset positions.
+    """
+    if text not in TEXT_SOURCES:
+        raise ValueError(f"text must be one of {TEXT_SOURCES}, got {text!r}")
+    if map_bits not in (4, 8):
+        raise ValueError(f"map_bits must be 4 or 8, got {map_bits!r}")
+    samples = as_samples(dataset)
+    layers = session.check_layers(layers)
+    positions = list(range(len(samples))) if indices is None else [int(i) for i in indices]
+    if not positions:
+        raise ValueError("the dataset is empty: nothing to collect")
+    rows, cols = session.grid
+    fingerprint = getattr(samples, "fingerprint", "samples")
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "model": session.name,
+        "site": session.site,
+        "layers": layers,
+        "n_neurons": session.n_neurons,
+        "grid": [rows, cols],
+        "n_patches": rows * cols,
+        "text": text,
+        "top_k": top_k,
+        "token_k": token_k or top_k,
+        "random_k": random_k,
+        "map_bits": map_bits,
+        "max_text_tokens": max_text_tokens,
+        "batch_size": batch_size,
+        "seed": seed,
+        "hist_edges": HIST_EDGES.tolist(),
+        "dataset": {"fingerprint": fingerprint, "spec": _spec_of(samples), "size": len(samples)},
+        "positions": hashlib.sha1(json.dumps(positions).encode()).hexdigest(),
+        "n_positions": len(positions),
+    }
+    batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
+    device = session.device
+    state = {layer: LayerState(session.n_neurons, rows * cols, max_text_tokens, top_k, manifest["token_k"], random_k, map_bits, device) for layer in layers}
+    random = RandomSet(random_k, seed)
+    sample_rows: list[dict] = []
+    start = 0
+    path = Path(path) if path is not None else None
+    if path is not None and (path / MANIFEST).exists():
+        found = json.loads((path / MANIFEST).read_text())
+        same = all(found.get(k) == manifest[k] for k in RUN_KEYS)
+        if not same and not overwrite:
+            diff = [k for k in RUN_KEYS if found.get(k) != manifest[k]]
+            raise IndexFormatError(
+                f"{str(path)!r} holds a different collection (differs in: {', '.join(diff)}); "
+                "choose another path, or pass overwrite=True to replace it"
+            )
+        if same and found.get("complete"):
+            return NeuronIndex.load(path, dataset=samples)
+        if same:
+            old = NeuronIndex(path, found, pd.read_parquet(path / "samples.parquet"), pd.read_parquet(path / "stats.parquet"))
+            state = old.to_state(device)
+            # Saved random records are in canonical (hash) order, in slots 0, 1, ...
+            random = RandomSet(random_k, seed, [(random_key(seed, s), s, i) for i, s in enumerate(found["random_samples"])])
+            sample_rows = old.samples.to_dict("records")
+            start = int(found["next_batch"])
+
+    bar = tqdm(total=len(positions), initial=sum(len(b) for b in batches[:start]), desc="collect", unit="img", disable=not progress)
+    tok = session.tokenizer
+    for b in range(start, len(batches)):
+        batch = batches[b]
+        items = [samples[i] for i in batch]
+        images = [s.get_image() for s in items]
+        prompts = [s.prompt for s in items]
+        if text == "generate":
+            conts = session.generate_ids(images, prompts, max_new_tokens=max_text_tokens)
+        elif text == "caption":
+            missing = [s.id for s in items if not s.caption]
+            if missing:
+                raise ValueError(f"text='caption' but samples {missing[:3]} have no caption; use text='generate' or 'prompt'")
+            conts = [tok(" " + s.caption.strip(), add_special_tokens=False)["input_ids"] for s in items]
+        else:
+            conts = [None] * len(items)
+        encoded = [session.encode(im, p, c) for im, p, c in zip(images, prompts, conts)]
+        image_pos, text_lists, text_pos, text_valid = _positions(session, encoded, text, max_text_tokens)
+        for s_idx, enc, tp, item in zip(batch, encoded, text_lists, items):
+            ids = [enc.input_ids[p] for p in tp]
+            sample_rows.append({"sample": s_idx, "sample_id": item.id, "text_token_ids": ids,
+                                "text_tokens": token_texts(tok, ids), "text": tok.decode(ids, skip_special_tokens=True)})
+        slots = [(slot, j) for j, s_idx in enumerate(batch) if (slot := random.offer(s_idx)) is not None]
+        sample_ids = torch.tensor(batch, dtype=torch.int64, device=device)
+        ip, tp_, tv = (torch.as_tensor(x, device=device) for x in (image_pos, text_pos, text_valid))
+
+        def reduce(layer, acts):
+            state[layer].update(acts, ip, tp_, tv, sample_ids, slots)
+
+        session.forward_record(encoded, layers, on_activation=reduce)
+        bar.update(len(batch))
+        done = b + 1
+        if path is not None and (done % checkpoint_every == 0) and done < len(batches):
+            write_index(path, {**manifest, "complete": False, "next_batch": done}, state, pd.DataFrame(sample_rows), random)
+    bar.close()
+    final = {**manifest, "complete": True, "next_batch": len(batches)}
+    samples_df = pd.DataFrame(sample_rows).sort_values("sample").reset_index(drop=True)
+    if path is not None:
+        write_index(path, final, state, samples_df, random)
+        return NeuronIndex.load(path, dataset=samples)
+    return in_memory_index(final, state, samples_df, random, dataset=samples)
+
+
+def in_memory_index(manifest: dict, state: dict[int, LayerState], samples: pd.DataFrame, random: RandomSet, dataset=None) -> NeuronIndex:
+    canon = random.canonical()
+    manifest = {**manifest, "random_samples": [int(s) for _, s, _ in canon], "n_samples": int(len(samples))}
+    arrays, frames = {}, []
+    for layer, st in sorted(state.items()):
+        arrays[layer], stats = state_to_arrays(st, [slot for _, _, slot in canon])
+        frames.append(pd.DataFrame({"layer": layer, "neuron": np.arange(st.n), **stats}))
+    return NeuronIndex(None, manifest, samples, pd.concat(frames, ignore_index=True), arrays=arrays, dataset=dataset)
+
+
+def _positions(session, encoded, text: str, max_text: int):
+    """Image positions [B, P]; text positions as lists, and padded to [B, max_text] with validity."""
+    image_id = session.adapter.image_token_id
+    special = set(session.tokenizer.all_special_ids)
+    B = len(encoded)
+    P = session.grid[0] * session.grid[1]
+    image_pos = np.zeros((B, P), np.int64)
+    text_pos = np.zeros((B, max_text), np.int64)
+    valid = np.zeros((B, max_text), bool)
+    kept = []
+    for i, enc in enumerate(encoded):
+        ids = np.asarray(enc.input_ids)
+        img = np.flatnonzero(ids == image_id)
+        if len(img) != P:
+            raise ValueError(f"expected {P} image tokens, found {len(img)} (one image per prompt)")
+        image_pos[i] = img
+        if text == "prompt":
+            tp = [p for p in range(enc.n_prompt) if ids[p] != image_id and int(ids[p]) not in special]
+        else:
+            tp = list(range(enc.n_prompt, len(ids)))
+        tp = tp[:max_text]
+        text_pos[i, : len(tp)] = tp
+        valid[i, : len(tp)] = True
+        kept.append(tp)
+    return image_pos, kept, text_pos, valid
+
+
+def _spec_of(samples) -> str | None:
+    fp = getattr(samples, "fingerprint", None)
+    if isinstance(fp, str) and fp.split(":", 1)[0] in ("shapes", "folder", "coco"):
+        return fp
+    return None

@@ -1,0 +1,57 @@
+"""A folder of images, with optional captions and prompts from a JSON or CSV file beside them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from neuronwidgets.datasets.base import DESCRIBE_PROMPT, Sample, SampleList
+from neuronwidgets.inputs import load_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+def _read_annotations(folder: Path, annotations: str | Path | None) -> dict[str, dict]:
+    """{file name: {"caption": ..., "prompt": ...}} from captions.json / captions.csv (or the given file)."""
+    candidates = [Path(annotations)] if annotations else [folder / "captions.json", folder / "captions.csv"]
+    for file in candidates:
+        if not file.exists():
+            if annotations:
+                raise FileNotFoundError(f"annotation file not found: {str(file)!r}")
+            continue
+        if file.suffix == ".json":
+            data = json.loads(file.read_text())
+            if isinstance(data, dict):  # {"a.png": "caption"} or {"a.png": {"caption":..., "prompt":...}}
+                return {k: (v if isinstance(v, dict) else {"caption": v}) for k, v in data.items()}
+            return {row["file"]: row for row in data}  # [{"file":..., "caption":..., "prompt":...}]
+        frame = pd.read_csv(file)
+        if "file" not in frame.columns:
+            raise ValueError(f"{str(file)!r} needs a 'file' column (and 'caption' and/or 'prompt')")
+        return {r["file"]: {k: v for k, v in r.items() if isinstance(v, str)} for r in frame.to_dict("records")}
+    return {}
+
+
+def image_folder(path: str | Path, annotations: str | Path | None = None, prompt: str = DESCRIBE_PROMPT) -> SampleList:
+    """Every image in `path` (sorted by name), loaded lazily, with captions/prompts where given."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {str(folder)!r}")
+    notes = _read_annotations(folder, annotations)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {str(folder)!r}")
+    samples = []
+    for f in files:
+        note = notes.get(f.name, {})
+        samples.append(
+            Sample(
+                id=f.name,
+                prompt=note.get("prompt") or prompt,
+                caption=note.get("caption"),
+                meta={"path": str(f)},
+                load_image=lambda f=f: load_image(f),
+            )
+        )
+    return SampleList(samples, name=f"folder:{folder}", fingerprint=f"folder:{folder.resolve()}")

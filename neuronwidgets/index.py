@@ -1,0 +1,460 @@
+"""NeuronIndex: the on-disk result of a collection, loaded lazily, queried per neuron, merged exactly.
+
+A folder holds:
+  manifest.json            model, site, layers, text source, dataset fingerprint, format version
+  samples.parquet          one row per sample: its id and its text tokens
+  stats.parquet            per neuron and modality: count, sum, sum of squares, max
+  layers/layer_NNN.safetensors
+                           histograms, top-k samples (value, sample, quantised patch and
+                           text maps), top token exemplars per modality, random records
+No pickle anywhere: a folder received from someone else is safe to open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from neuronwidgets.records import ActivationRecord
+from neuronwidgets.reduce import HIST_EDGES, MODALITIES, LayerState, dequantize, pack4, unpack4
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class IndexFormatError(ValueError):
+    """A NeuronIndex folder is missing a file, is corrupt, or does not match what was expected."""
+
+
+# --- the random sample set: a bottom-k hash sketch, identical however the data is split ----------
+def random_key(seed: int, sample: int) -> int:
+    digest = hashlib.sha1(f"{seed}:{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+class RandomSet:
+    """The `k` samples with the smallest hash: a fixed random subset that merges exactly."""
+
+    def __init__(self, k: int, seed: int, entries: Sequence[tuple[int, int, int]] = ()):
+        self.k, self.seed = k, seed
+        self.entries = [tuple(e) for e in entries]  # (hash, sample, slot)
+
+    def offer(self, sample: int) -> int | None:
+        """Add `sample` if it belongs in the set; return the slot its record goes to."""
+        if self.k == 0:
+            return None
+        h = random_key(self.seed, sample)
+        if len(self.entries) < self.k:
+            slot = len(self.entries)
+        else:
+            worst = max(self.entries)
+            if h >= worst[0]:
+                return None
+            self.entries.remove(worst)
+            slot = worst[2]
+        self.entries.append((h, sample, slot))
+        return slot
+
+    def canonical(self) -> list[tuple[int, int, int]]:
+        return sorted(self.entries)
+
+
+# --- saving and loading the state ---------------------------------------------------------
+def _layer_file(path: Path, layer: int) -> Path:
+    return path / "layers" / f"layer_{layer:03d}.safetensors"
+
+
+def state_to_arrays(state: LayerState, random_slots: list[int]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(arrays for the layer file, per-neuron stats columns), compact dtypes, random in canonical order."""
+    a = state.to_numpy()
+    out: dict[str, np.ndarray] = {}
+    stats: dict[str, np.ndarray] = {}
+    for m in MODALITIES:
+        out[f"hist_{m}"] = a[f"{m}_hist"].astype(np.int32)
+        out[f"tok_{m}_value"] = a[f"tok_{m}_value"]
+        out[f"tok_{m}_sample"] = a[f"tok_{m}_sample"].astype(np.int32)
+        out[f"tok_{m}_pos"] = a[f"tok_{m}_pos"].astype(np.int16)
+        stats[f"{m}_count"] = np.full(state.n, int(a[f"{m}_count"]), np.int64)
+        stats[f"{m}_sum"] = a[f"{m}_sum"]
+        stats[f"{m}_sumsq"] = a[f"{m}_sumsq"]
+        stats[f"{m}_max"] = a[f"{m}_max"]
+    out["top_value"] = a["top_value"]
+    out["top_sample"] = a["top_sample"].astype(np.int32)
+    slots = np.asarray(random_slots, np.int64)
+    out["random_value"] = a["random_value"][slots]
+    codes = {k: a[k] for k in ("top_image_codes", "top_text_codes")}
+    codes["random_image_codes"] = a["random_image_codes"][slots]
+    codes["random_text_codes"] = a["random_text_codes"][slots]
+    for k, v in codes.items():
+        out[k] = pack4(v) if state.bits == 4 else v
+    return out, stats
+
+
+def arrays_to_state(arrays: dict[str, np.ndarray], stats: pd.DataFrame, m: dict, device="cpu") -> LayerState:
+    """Rebuild a LayerState (for resuming and merging) from a saved layer."""
+    P, Tm, bits = m["n_patches"], m["max_text_tokens"], m["map_bits"]
+    R = m["random_k"]
+    n_random = arrays["random_value"].shape[0]
+
+    def codes(name, width):
+        v = arrays[name]
+        return unpack4(v, width) if bits == 4 else v
+
+    t = {}
+    for mod in MODALITIES:
+        t[f"{mod}_count"] = np.asarray(int(stats[f"{mod}_count"].iloc[0]) if len(stats) else 0, np.int64)
+        t[f"{mod}_sum"] = stats[f"{mod}_sum"].to_numpy(np.float64)
+        t[f"{mod}_sumsq"] = stats[f"{mod}_sumsq"].to_numpy(np.float64)
+        t[f"{mod}_max"] = stats[f"{mod}_max"].to_numpy(np.float32)
+        t[f"{mod}_hist"] = arrays[f"hist_{mod}"].astype(np.int64)
+        t[f"tok_{mod}_value"] = arrays[f"tok_{mod}_value"]
+        t[f"tok_{mod}_sample"] = arrays[f"tok_{mod}_sample"].astype(np.int64)
+        t[f"tok_{mod}_pos"] = arrays[f"tok_{mod}_pos"].astype(np.int64)
+    t["top_value"] = arrays["top_value"]
+    t["top_sample"] = arrays["top_sample"].astype(np.int64)
+    t["top_image_codes"] = codes("top_image_codes", P)
+    t["top_text_codes"] = codes("top_text_codes", Tm)
+    n = t["top_value"].shape[0]
+    rv = np.zeros((R, n), np.float32)
+    ri = np.zeros((R, n, P), np.uint8)
+    rt = np.zeros((R, n, Tm), np.uint8)
+    rv[:n_random], ri[:n_random], rt[:n_random] = arrays["random_value"], codes("random_image_codes", P), codes("random_text_codes", Tm)
+    t["random_value"], t["random_image_codes"], t["random_text_codes"] = rv, ri, rt
+    return LayerState.from_numpy(t, top_k=m["top_k"], token_k=m["token_k"], random_k=R, bits=bits, device=device)
+
+
+def write_index(path: Path, manifest: dict, layers: dict[int, LayerState], samples: pd.DataFrame, random: RandomSet) -> None:
+    """Write a whole index folder; files go to a temporary folder first and are then moved in place."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".writing")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "layers").mkdir(parents=True)
+    canon = random.canonical()
+    manifest = dict(manifest)
+    manifest["random_samples"] = [int(s) for _, s, _ in canon]
+    manifest["n_samples"] = int(len(samples))
+    stats_frames = []
+    for layer, state in sorted(layers.items()):
+        arrays, stats = state_to_arrays(state, [slot for _, _, slot in canon])
+        save_file(arrays, str(_layer_file(tmp, layer)), metadata={"layer": str(layer), "format_version": str(FORMAT_VERSION)})
+        stats_frames.append(pd.DataFrame({"layer": layer, "neuron": np.arange(state.n), **stats}))
+    pd.concat(stats_frames, ignore_index=True).to_parquet(tmp / "stats.parquet", index=False)
+    samples.sort_values("sample").reset_index(drop=True).to_parquet(tmp / "samples.parquet", index=False)
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    # Replace the old folder's files (keeping unrelated files such as explanations.parquet).
+    path.mkdir(parents=True, exist_ok=True)
+    if (path / "layers").exists():
+        shutil.rmtree(path / "layers")
+    for item in tmp.iterdir():
+        item.replace(path / item.name)
+    shutil.rmtree(tmp)
+
+
+def read_manifest(path: Path) -> dict:
+    path = Path(path)
+    file = path / MANIFEST
+    if not path.is_dir():
+        raise IndexFormatError(f"{str(path)!r} is not a NeuronIndex folder (no such directory)")
+    if not file.exists():
+        raise IndexFormatError(f"{str(file)!r} is missing: {str(path)!r} is not a complete NeuronIndex folder")
+    try:
+        manifest = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise IndexFormatError(f"{str(file)!r} is corrupt (not valid JSON: {err})") from err
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{str(file)!r} has format version {version!r}; this neuronwidgets reads version {FORMAT_VERSION}. "
+            "Collect the index again with this version."
+        )
+    return manifest
+
+
+def _read_parquet(file: Path) -> pd.DataFrame:
+    if not file.exists():
+        raise IndexFormatError(f"{str(file)!r} is missing from the index folder")
+    try:
+        return pd.read_parquet(file)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise IndexFormatError(f"{str(file)!r} is corrupt ({type(err).__name__}: {err})") from err
+
+
+def read_layer(path: Path, layer: int) -> dict[str, np.ndarray]:
+    file = _layer_file(Path(path), layer)
+    if not file.exists():
+        raise IndexFormatError(f"{str(file)!r} is missing from the index folder")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise IndexFormatError(f"{str(file)!r} is corrupt ({err})") from err
+
+
+# --- the index ------------------------------------------------------------------------
+class NeuronIndex:
+    """What a collection found, per neuron: statistics, top samples with their maps, exemplars."""
+
+    def __init__(self, path: Path | None, manifest: dict, samples: pd.DataFrame, stats: pd.DataFrame,
+                 arrays: dict[int, dict[str, np.ndarray]] | None = None, dataset=None):
+        self.path = Path(path) if path is not None else None
+        self.manifest = manifest
+        self.samples = samples
+        self._stats = stats
+        self._arrays: dict[int, dict[str, np.ndarray]] = dict(arrays or {})
+        self._dataset = dataset
+
+    # --- loading ---------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, *, expect_model: str | None = None, expect_site: str | None = None, dataset=None) -> "NeuronIndex":
+        """Open an index folder, checking its files; layer arrays are read when first needed."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        if not manifest.get("complete", False):
+            raise IndexFormatError(
+                f"{str(path / MANIFEST)!r} describes an unfinished collection "
+                f"({manifest.get('n_samples', 0)} samples so far); run the same collect call again to resume it"
+            )
+        if expect_model is not None and manifest.get("model") != expect_model:
+            raise IndexFormatError(f"{str(path / MANIFEST)!r} was collected from model {manifest.get('model')!r}, not {expect_model!r}")
+        if expect_site is not None and manifest.get("site") != expect_site:
+            raise IndexFormatError(f"{str(path / MANIFEST)!r} records neuron site {manifest.get('site')!r}, not {expect_site!r}")
+        samples = _read_parquet(path / "samples.parquet")
+        stats = _read_parquet(path / "stats.parquet")
+        for layer in manifest["layers"]:
+            if not _layer_file(path, layer).exists():
+                raise IndexFormatError(f"{str(_layer_file(path, layer))!r} is missing from the index folder")
+        return cls(path, manifest, samples, stats, dataset=dataset)
+
+    def _layer(self, layer: int) -> dict[str, np.ndarray]:
+        self._check_layer(layer)
+        if layer not in self._arrays:
+            self._arrays[layer] = read_layer(self.path, layer)
+        return self._arrays[layer]
+
+    # --- facts -----------------------------------------------------------------
+    @property
+    def layers(self) -> list[int]:
+        return list(self.manifest["layers"])
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.manifest["n_neurons"])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.manifest["grid"])
+
+    @property
+    def site(self) -> str:
+        return self.manifest["site"]
+
+    @property
+    def model(self) -> str:
+        return self.manifest["model"]
+
+    @property
+    def top_k(self) -> int:
+        return int(self.manifest["top_k"])
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.manifest["n_samples"])
+
+    def __len__(self) -> int:
+        return self.n_samples
+
+    def __repr__(self) -> str:
+        where = str(self.path) if self.path else "in memory"
+        return (
+            f"<NeuronIndex {where}: model {self.model!r}, site {self.site!r}, {self.n_samples} samples "
+            f"(text={self.manifest['text']!r}), layers {self.layers[0]}-{self.layers[-1]} x {self.n_neurons} neurons, top_k={self.top_k}>"
+        )
+
+    def _check_layer(self, layer: int) -> int:
+        if layer not in self.manifest["layers"]:
+            raise IndexError(f"layer {layer} is not in this index; its layers are {self.layers}")
+        return layer
+
+    def _check_neuron(self, neuron: int) -> int:
+        if not 0 <= int(neuron) < self.n_neurons:
+            raise IndexError(f"neuron {neuron} is out of range: this index has neurons 0..{self.n_neurons - 1} per layer")
+        return int(neuron)
+
+    # --- statistics ----------------------------------------------------------------
+    def stats(self, layer: int | None = None) -> pd.DataFrame:
+        """Per neuron and modality: count, mean, std, max (and the overall max)."""
+        df = self._stats if layer is None else self._stats[self._stats.layer == self._check_layer(layer)]
+        out = df[["layer", "neuron"]].copy()
+        for m in MODALITIES:
+            n = df[f"{m}_count"].to_numpy(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = df[f"{m}_sum"].to_numpy() / n
+                var = np.maximum(df[f"{m}_sumsq"].to_numpy() / n - mean**2, 0.0)
+            out[f"{m}_count"] = df[f"{m}_count"].to_numpy()
+            out[f"{m}_mean"] = mean
+            out[f"{m}_std"] = np.sqrt(var)
+            out[f"{m}_max"] = df[f"{m}_max"].to_numpy()
+        out["max"] = np.fmax(out["image_max"].to_numpy(), out["text_max"].to_numpy())
+        return out.reset_index(drop=True)
+
+    def neuron_max(self, layer: int, neuron: int) -> float:
+        """The neuron's largest activation over the dataset (patches and text tokens)."""
+        self._check_layer(layer)
+        row = self._stats[(self._stats.layer == layer) & (self._stats.neuron == self._check_neuron(neuron))].iloc[0]
+        return float(np.fmax(row["image_max"], row["text_max"]))
+
+    def histogram(self, layer: int, neuron: int, modality: str = "image") -> tuple[np.ndarray, np.ndarray]:
+        """(edges, counts) over fixed bins; the first and last bins are open-ended."""
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
+        return HIST_EDGES.copy(), self._layer(layer)[f"hist_{modality}"][self._check_neuron(neuron)].astype(np.int64)
+
+    # --- records ---------------------------------------------------------------------
+    def _text_of(self, sample: int) -> list[str]:
+        rows = self.samples.loc[self.samples["sample"] == sample, "text_tokens"]
+        return list(rows.iloc[0]) if len(rows) else []
+
+    def records(self, layer: int, neuron: int, kind: str = "top") -> list[ActivationRecord]:
+        """The neuron's top-activating samples (best first) or its random samples, as records."""
+        arrays = self._layer(layer)
+        neuron = self._check_neuron(neuron)
+        P, Tm, bits = self.manifest["n_patches"], self.manifest["max_text_tokens"], self.manifest["map_bits"]
+        rows, cols = self.grid
+
+        def codes(name, width, *idx):
+            v = arrays[name][idx]
+            return unpack4(v, width) if bits == 4 else v
+
+        out = []
+        if kind == "top":
+            values, samples = arrays["top_value"][neuron], arrays["top_sample"][neuron]
+            entries = [(i, int(s), float(v)) for i, (s, v) in enumerate(zip(samples, values)) if s >= 0]
+            get = lambda i, name, width: codes(name, width, neuron, i)  # noqa: E731
+            img_name, txt_name = "top_image_codes", "top_text_codes"
+        elif kind == "random":
+            samples = self.manifest["random_samples"]
+            values = arrays["random_value"][:, neuron]
+            entries = [(i, int(s), float(values[i])) for i, s in enumerate(samples)]
+            get = lambda i, name, width: codes(name, width, i, neuron)  # noqa: E731
+            img_name, txt_name = "random_image_codes", "random_text_codes"
+        else:
+            raise ValueError(f"kind must be 'top' or 'random', got {kind!r}")
+        for i, sample, value in entries:
+            scale = max(value, 0.0)
+            tokens = self._text_of(sample)
+            text = dequantize(get(i, txt_name, Tm), scale, bits)[: len(tokens)]
+            out.append(
+                ActivationRecord(
+                    sample=sample,
+                    sample_id=self.sample_id(sample),
+                    activation=value,
+                    patch_map=dequantize(get(i, img_name, P), scale, bits).reshape(rows, cols),
+                    text_tokens=tokens[: len(text)],
+                    text_activations=text,
+                    kind=kind,
+                )
+            )
+        return out
+
+    def sample_id(self, sample: int) -> str:
+        rows = self.samples.loc[self.samples["sample"] == sample, "sample_id"]
+        return str(rows.iloc[0]) if len(rows) else str(sample)
+
+    def exemplars(self, layer: int, neuron: int, modality: str | None = None, k: int | None = None) -> pd.DataFrame:
+        """Top tokens of the neuron: sample, sample_id, position, modality, row, col, token, activation (best first)."""
+        arrays = self._layer(layer)
+        neuron = self._check_neuron(neuron)
+        cols_ = self.grid[1]
+        frames = []
+        for m in MODALITIES if modality is None else (modality,):
+            v = arrays[f"tok_{m}_value"][neuron]
+            s = arrays[f"tok_{m}_sample"][neuron].astype(np.int64)
+            p = arrays[f"tok_{m}_pos"][neuron].astype(np.int64)
+            keep = s >= 0
+            v, s, p = v[keep], s[keep], p[keep]
+            if m == "image":
+                row, col, tok = p // cols_, p % cols_, [""] * len(p)
+            else:
+                row = col = np.full(len(p), -1)
+                tok = [(self._text_of(int(si)) + [""] * (int(pi) + 1))[int(pi)] for si, pi in zip(s, p)]
+            frames.append(pd.DataFrame({"sample": s, "position": p, "modality": m, "row": row, "col": col, "token": tok, "activation": v}))
+        df = pd.concat(frames, ignore_index=True)
+        df.insert(1, "sample_id", [self.sample_id(int(x)) for x in df["sample"]])
+        df = df.sort_values(["activation", "sample", "position"], ascending=[False, True, True], kind="stable").reset_index(drop=True)
+        return df.head(k) if k else df
+
+    # --- dataset ---------------------------------------------------------------------
+    @property
+    def dataset(self):
+        """The samples this index was collected over (attached, or rebuilt from the manifest's spec)."""
+        if self._dataset is None:
+            from neuronwidgets.datasets.spec import from_spec
+
+            spec = self.manifest.get("dataset", {}).get("spec")
+            if spec:
+                self._dataset = from_spec(spec)
+        return self._dataset
+
+    def attach(self, dataset) -> "NeuronIndex":
+        """Attach the dataset the index was collected over (checked by fingerprint)."""
+        want = self.manifest.get("dataset", {}).get("fingerprint")
+        got = getattr(dataset, "fingerprint", None)
+        if want and got and want != got:
+            raise ValueError(f"dataset fingerprint {got!r} does not match the index's {want!r}")
+        self._dataset = dataset
+        return self
+
+    def sample(self, i: int):
+        if self.dataset is None:
+            raise ValueError("this index has no dataset attached; call index.attach(dataset) with the samples it was collected over")
+        return self.dataset[int(i)]
+
+    # --- categories (see categorize.py) -------------------------------------------------
+    def categories(self, rule: str = "paper", **params) -> pd.DataFrame:
+        from neuronwidgets.categorize import categorize
+
+        return categorize(self, rule=rule, **params)
+
+    def category_summary(self, rule: str = "paper", **params) -> pd.DataFrame:
+        from neuronwidgets.categorize import summary
+
+        return summary(self.categories(rule=rule, **params))
+
+    def category_chart(self, rule: str = "paper", **params):
+        from neuronwidgets.categorize import category_chart
+
+        return category_chart(self.categories(rule=rule, **params))
+
+    def category_figure(self, rule: str = "paper", **params):
+        from neuronwidgets.categorize import category_figure
+
+        return category_figure(self.categories(rule=rule, **params))
+
+    # --- explanations written by explain_all ------------------------------------------------
+    def explanations(self) -> pd.DataFrame | None:
+        if self.path is None or not (self.path / "explanations.parquet").exists():
+            return None
+        return _read_parquet(self.path / "explanations.parquet")
+
+    # --- merging -----------------------------------------------------------------------------
+    @classmethod
+    def merge(cls, indexes: Sequence["NeuronIndex"], path: str | Path) -> "NeuronIndex":
+        """Merge indexes of disjoint parts of one dataset into exactly the index of one pass."""
+        from neuronwidgets.merge import merge_indexes
+
+        return merge_indexes(indexes, path)
+
+    def to_state(self, device="cpu") -> dict[int, LayerState]:
+        out = {}
+        for layer in self.layers:
+            stats = self._stats[self._stats.layer == layer].sort_values("neuron")
+            out[layer] = arrays_to_state(self._layer(layer), stats, self.manifest, device)
+        return out

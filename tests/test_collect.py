@@ -1,0 +1,283 @@
+"""Collection and the NeuronIndex against brute force over traces; resume, merge, corrupt folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from neuronwidgets.datasets import Sample, SampleList
+from neuronwidgets.index import IndexFormatError, NeuronIndex, RandomSet
+from neuronwidgets.reduce import HIST_EDGES, LayerState
+
+CAPTIONS = ["a red circle", "blue", "the red square is a shape", "a", "what is the blue circle"]
+
+
+def make_data(n=13):
+    rng = np.random.default_rng(1)
+    samples = [
+        Sample(id=f"s{i:02d}", image=Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)), caption=CAPTIONS[i % len(CAPTIONS)])
+        for i in range(n)
+    ]
+    return SampleList(samples, name="rand", fingerprint=f"rand:{n}")
+
+
+class Exploding(SampleList):
+    """The same samples, but reading sample `at` raises (a run killed part-way)."""
+
+    def __init__(self, base, at):
+        super().__init__(list(base), name=base.name, fingerprint=base.fingerprint)
+        self.at = at
+
+    def __getitem__(self, i):
+        if isinstance(i, int) and i == self.at:
+            raise KeyboardInterrupt("killed")
+        return super().__getitem__(i)
+
+
+KW = dict(top_k=4, token_k=6, random_k=3, batch_size=4, text="caption", progress=False, max_text_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_data()
+
+
+@pytest.fixture(scope="module")
+def one_pass(tiny_session, data, tmp_path_factory):
+    path = tmp_path_factory.mktemp("idx") / "one"
+    return tiny_session.collect(data, path=path, map_bits=8, **KW)
+
+
+def brute_force(session, data, layer):
+    """Per sample: the image values [P, N] and text values [T, N] from plain single traces."""
+    out = []
+    for s in data:
+        tr = session.trace(s.image, s.prompt, layers=[layer], continuation=s.caption)
+        acts = tr.activations(layer)
+        cont = tr.tokens.index[tr.tokens.part == "continuation"].to_numpy()[: KW["max_text_tokens"]]
+        out.append((acts[tr.image_positions], acts[cont]))
+    return out
+
+
+def test_stats_topk_and_exemplars_equal_brute_force(tiny_session, data, one_pass):
+    index = one_pass
+    for layer in (0, 2):
+        bf = brute_force(tiny_session, data, layer)
+        img = np.concatenate([b[0] for b in bf])
+        txt = np.concatenate([b[1] for b in bf])
+        st = index.stats(layer)
+        np.testing.assert_array_equal(st.image_count, len(img))
+        np.testing.assert_array_equal(st.text_count, len(txt))
+        np.testing.assert_allclose(st.image_mean, img.mean(0), atol=1e-6)
+        np.testing.assert_allclose(st.image_std, img.std(0), atol=1e-5)
+        np.testing.assert_allclose(st.text_mean, txt.mean(0), atol=1e-6)
+        np.testing.assert_allclose(st.image_max, img.max(0), atol=1e-6)
+        np.testing.assert_allclose(st.text_max, txt.max(0), atol=1e-6)
+        sample_max = np.stack([np.maximum(b[0].max(0), b[1].max(0)) for b in bf])  # [S, N]
+        for neuron in (0, 7, 31):
+            assert index.neuron_max(layer, neuron) == pytest.approx(sample_max[:, neuron].max(), abs=1e-6)
+            edges, counts = index.histogram(layer, neuron, "image")
+            expected = np.bincount(np.searchsorted(HIST_EDGES, img[:, neuron], side="left"), minlength=len(HIST_EDGES) + 1)
+            np.testing.assert_array_equal(counts, expected)
+            order = sorted(range(len(data)), key=lambda s: (-sample_max[s, neuron], s))[: KW["top_k"]]
+            records = index.records(layer, neuron)
+            assert [r.sample for r in records] == order
+            for r in records:
+                np.testing.assert_allclose(r.activation, sample_max[r.sample, neuron], atol=1e-6)
+                true_map = np.maximum(bf[r.sample][0][:, neuron], 0).reshape(index.grid)
+                np.testing.assert_allclose(r.patch_map, true_map, atol=max(r.activation, 0) / 255 * 0.51 + 1e-6)
+                true_text = np.maximum(bf[r.sample][1][:, neuron], 0)
+                np.testing.assert_allclose(r.text_activations, true_text, atol=max(r.activation, 0) / 255 * 0.51 + 1e-6)
+                assert r.text_tokens == index.samples.set_index("sample").loc[r.sample, "text_tokens"].tolist()[: len(true_text)]
+            # top image-token exemplars: (value desc, sample, position)
+            cands = [(-bf[s][0][p, neuron], s, p) for s in range(len(data)) for p in range(len(bf[s][0]))]
+            best = sorted(cands)[: KW["token_k"]]
+            ex = index.exemplars(layer, neuron, modality="image")
+            assert list(zip(ex["sample"], ex["position"])) == [(s, p) for _, s, p in best]
+            np.testing.assert_allclose(ex["activation"], [-v for v, _, _ in best], atol=1e-6)
+            cols = index.grid[1]
+            assert list(ex["row"]) == [p // cols for _, _, p in best]
+            ex_text = index.exemplars(layer, neuron, modality="text")
+            tok = ex_text.iloc[0]
+            assert tok["token"] == index.samples.set_index("sample").loc[tok["sample"], "text_tokens"][tok["position"]]
+
+
+def test_text_sources_prompt_and_generate(tiny_session, data):
+    small = data[:3]
+    by_prompt = tiny_session.collect(small, **{**KW, "text": "prompt"})
+    assert by_prompt.manifest["text"] == "prompt"
+    tokens = by_prompt.samples.text_tokens.iloc[0]
+    assert "<image>" not in "".join(tokens) and "".join(tokens).strip().startswith("USER")
+    generated = tiny_session.collect(small, **{**KW, "text": "generate"})
+    first = small[0]
+    answer_ids = tiny_session.generate_ids([first.image], [first.prompt], max_new_tokens=KW["max_text_tokens"])[0]
+    assert list(generated.samples.text_token_ids.iloc[0]) == answer_ids
+    with pytest.raises(ValueError, match="text must be one of"):
+        tiny_session.collect(small, **{**KW, "text": "title"})
+    nocap = SampleList([Sample(id="x", image=first.image)], fingerprint="nocap")
+    with pytest.raises(ValueError, match="have no caption"):
+        tiny_session.collect(nocap, **KW)
+
+
+def test_resume_after_kill_gives_identical_index(tiny_session, data, one_pass, tmp_path):
+    path = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        tiny_session.collect(Exploding(data, at=9), path=path, map_bits=8, checkpoint_every=1, **KW)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["complete"] is False and manifest["next_batch"] == 2
+    with pytest.raises(IndexFormatError, match="unfinished collection"):
+        NeuronIndex.load(path)
+    resumed = tiny_session.collect(data, path=path, map_bits=8, checkpoint_every=1, **KW)
+    assert_same_index(resumed, one_pass, exact=True)
+    # a rerun of a finished collection returns it without recomputing
+    again = tiny_session.collect(data, path=path, map_bits=8, checkpoint_every=1, **KW)
+    assert again.n_samples == len(data)
+    # a different collection into the same folder is refused
+    with pytest.raises(IndexFormatError, match="differs in: top_k"):
+        tiny_session.collect(data, path=path, map_bits=8, **{**KW, "top_k": 3})
+
+
+def test_shards_merge_into_the_one_pass_index(tiny_session, data, one_pass, tmp_path):
+    a = tiny_session.collect(data, path=tmp_path / "a", indices=range(0, 8), map_bits=8, **KW)
+    b = tiny_session.collect(data, path=tmp_path / "b", indices=range(8, 13), map_bits=8, **KW)
+    merged = NeuronIndex.merge([b, a], path=tmp_path / "ab")
+    assert_same_index(merged, one_pass, exact=False)
+    with pytest.raises(ValueError, match="more than one index"):
+        NeuronIndex.merge([a, a], path=tmp_path / "aa")
+    other = tiny_session.collect(data[:4], path=tmp_path / "c", **{**KW, "top_k": 3})
+    with pytest.raises(ValueError, match="differ in top_k"):
+        NeuronIndex.merge([a, other], path=tmp_path / "ac")
+
+
+def assert_same_index(x: NeuronIndex, y: NeuronIndex, exact: bool):
+    assert x.layers == y.layers and x.manifest["random_samples"] == y.manifest["random_samples"]
+    pd.testing.assert_frame_equal(x.samples.reset_index(drop=True), y.samples.reset_index(drop=True))
+    for layer in x.layers:
+        ax, ay = x._layer(layer), y._layer(layer)
+        assert set(ax) == set(ay)
+        for k in ax:
+            np.testing.assert_array_equal(ax[k], ay[k], err_msg=f"layer {layer} {k}")
+    sx, sy = x.stats(), y.stats()
+    if exact:
+        pd.testing.assert_frame_equal(sx, sy)
+    else:  # float64 sums added in another order
+        pd.testing.assert_frame_equal(sx, sy, rtol=1e-12, atol=1e-12)
+
+
+def test_load_validates_folder(one_pass, tmp_path):
+    path = tmp_path / "copy"
+    shutil.copytree(one_pass.path, path)
+    loaded = NeuronIndex.load(path, expect_site="act")
+    assert loaded.n_samples == 13 and loaded.site == "act"
+    with pytest.raises(IndexFormatError, match="neuron site 'act', not 'mlp_in'"):
+        NeuronIndex.load(path, expect_site="mlp_in")
+    with pytest.raises(IndexFormatError, match="model 'tiny-random-llava', not 'other'"):
+        NeuronIndex.load(path, expect_model="other")
+    layer_file = path / "layers" / "layer_001.safetensors"
+    layer_file.write_bytes(layer_file.read_bytes()[:100])
+    with pytest.raises(IndexFormatError, match=r"layer_001\.safetensors' is corrupt"):
+        NeuronIndex.load(path).records(1, 0)
+    layer_file.unlink()
+    with pytest.raises(IndexFormatError, match=r"layer_001\.safetensors' is missing"):
+        NeuronIndex.load(path)
+    (path / "stats.parquet").write_bytes(b"not parquet")
+    with pytest.raises(IndexFormatError, match=r"stats\.parquet' is corrupt"):
+        NeuronIndex.load(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(IndexFormatError, match="format version 99"):
+        NeuronIndex.load(path)
+    (path / "manifest.json").write_text("{oops")
+    with pytest.raises(IndexFormatError, match=r"manifest\.json' is corrupt"):
+        NeuronIndex.load(path)
+    (path / "manifest.json").unlink()
+    with pytest.raises(IndexFormatError, match=r"manifest\.json' is missing"):
+        NeuronIndex.load(path)
+    with pytest.raises(IndexFormatError, match="no such directory"):
+        NeuronIndex.load(tmp_path / "nothing")
+
+
+def test_query_errors_name_the_valid_range(one_pass):
+    with pytest.raises(IndexError, match=r"neuron 48 is out of range.*0..47"):
+        one_pass.records(0, 48)
+    with pytest.raises(IndexError, match=r"layer 7 is not in this index; its layers are \[0, 1, 2\]"):
+        one_pass.exemplars(7, 0)
+    with pytest.raises(ValueError, match="kind must be"):
+        one_pass.records(0, 0, kind="best")
+
+
+def test_random_records_are_the_bottom_k_hash_samples(one_pass):
+    rs = RandomSet(3, 0)
+    for s in range(13):
+        rs.offer(s)
+    assert one_pass.manifest["random_samples"] == [s for _, s, _ in rs.canonical()]
+    recs = one_pass.records(0, 3, kind="random")
+    assert [r.sample for r in recs] == one_pass.manifest["random_samples"]
+    assert all(r.kind == "random" for r in recs)
+
+
+def hand_index(bits=8):
+    """A hand-made layer: 3x3 patches, 4 text slots, 2 neurons, 4 samples (see test below)."""
+    from neuronwidgets.collect import in_memory_index
+
+    P, Tm, N = 9, 4, 2
+    # acts[b, t, n]: positions 0..8 are patches, 9..12 text tokens
+    acts = np.zeros((4, P + Tm, N), np.float32)
+    # neuron 0 (global max 10): A visual, B multi-modal, C visual, D unactivated -> "visual"
+    acts[0, :4, 0] = [10, 9, 8, 7]
+    acts[1, :4, 0], acts[1, P : P + 2, 0] = [5, 5, 5, 5], [5, 5]
+    acts[2, :4, 0], acts[2, P, 0] = [3.5, 3.5, 3.5, 3.5], 1
+    acts[3, :3, 0] = [9, 9, 9]  # only three patches above 2: not visual
+    # neuron 1 (global max 8): text tokens only -> "text"
+    acts[:, P : P + 3, 1] = [[8, 8, 0], [6, 0, 6], [7, 7, 7], [0, 0, 1]]
+    acts[:, :P, 1] = 0.5
+    state = LayerState(N, P, Tm, top_k=4, token_k=8, random_k=0, bits=bits)
+    image_pos = torch.arange(P).repeat(4, 1)
+    text_pos = (torch.arange(Tm) + P).repeat(4, 1)
+    state.update(torch.from_numpy(acts), image_pos, text_pos, torch.ones(4, Tm, dtype=torch.bool), torch.arange(4), [])
+    manifest = {"layers": [0], "n_neurons": N, "grid": [3, 3], "n_patches": P, "max_text_tokens": Tm, "map_bits": bits,
+                "top_k": 4, "token_k": 8, "random_k": 0, "model": "hand", "site": "act", "text": "caption"}
+    samples = pd.DataFrame({"sample": range(4), "sample_id": list("ABCD"), "text_token_ids": [[1, 2, 3, 4]] * 4,
+                            "text_tokens": [["w", "x", "y", "z"]] * 4, "text": ["w x y z"] * 4})
+    return in_memory_index(manifest, {0: state}, samples, RandomSet(0, 0))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_paper_rule_reproduces_hand_worked_example(bits):
+    cats = hand_index(bits).categories(rule="paper").set_index("neuron")
+    assert cats.loc[0, "category"] == "visual"
+    assert (cats.loc[0, "n_visual"], cats.loc[0, "n_multimodal"], cats.loc[0, "n_unactivated"], cats.loc[0, "n_text"]) == (2, 1, 1, 0)
+    assert cats.loc[1, "category"] == "text"
+    # neuron 1: samples A, B, C have >= 2 tokens above 3 on the 0-10 scale (8 -> 10, 6 -> 7, 7 -> 8); D not
+    assert (cats.loc[1, "n_text"], cats.loc[1, "n_unactivated"]) == (3, 1)
+    share = hand_index(bits).categories(rule="share", top_n=4).set_index("neuron")
+    assert share.loc[0, "image_share"] == 1.0 and share.loc[0, "category"] == "visual"
+    assert share.loc[1, "image_share"] == 0.0 and share.loc[1, "category"] == "text"
+
+
+def test_inactive_and_thresholds_are_parameters():
+    idx = hand_index()
+    strict = idx.categories(visual_min_patches=5).set_index("neuron")
+    assert strict.loc[0, "n_visual"] == 0  # no sample has 5 patches above 2
+    from neuronwidgets.categorize import sample_labels
+
+    labels = sample_labels(np.array([[3, 3, 3, 3, 0], [3, 3, 3, 0, 0]]), np.array([[4, 4], [4, 0]]))
+    assert list(labels) == ["multi-modal", "unactivated"]
+
+
+def test_category_tables_and_charts(one_pass):
+    cats = one_pass.categories()
+    assert set(cats.category) <= {"visual", "text", "multi-modal", "unactivated", "inactive"}
+    assert {"n_visual", "n_text", "n_multimodal", "n_unactivated", "image_share", "image_base_rate"} <= set(cats.columns)
+    summary = one_pass.category_summary()
+    assert list(summary.layer) == [0, 1, 2]
+    chart = one_pass.category_chart().to_dict()
+    assert chart["mark"]["type"] == "bar"
+    fig = one_pass.category_figure()
+    assert fig.axes[0].get_xlabel() == "layer"
