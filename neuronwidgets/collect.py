@@ -98,35 +98,9 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
             start = int(found["next_batch"])
 
     bar = tqdm(total=len(positions), initial=sum(len(b) for b in batches[:start]), desc="collect", unit="img", disable=not progress)
-    tok = session.tokenizer
     for b in range(start, len(batches)):
         batch = batches[b]
-        items = [samples[i] for i in batch]
-        images = [s.get_image() for s in items]
-        prompts = [s.prompt for s in items]
-        if text == "generate":
-            conts = session.generate_ids(images, prompts, max_new_tokens=max_text_tokens)
-        elif text == "caption":
-            missing = [s.id for s in items if not s.caption]
-            if missing:
-                raise ValueError(f"text='caption' but samples {missing[:3]} have no caption; use text='generate' or 'prompt'")
-            conts = [tok(" " + s.caption.strip(), add_special_tokens=False)["input_ids"] for s in items]
-        else:
-            conts = [None] * len(items)
-        encoded = [session.encode(im, p, c) for im, p, c in zip(images, prompts, conts)]
-        image_pos, text_lists, text_pos, text_valid = _positions(session, encoded, text, max_text_tokens)
-        for s_idx, enc, tp, item in zip(batch, encoded, text_lists, items):
-            ids = [enc.input_ids[p] for p in tp]
-            sample_rows.append({"sample": s_idx, "sample_id": item.id, "text_token_ids": ids,
-                                "text_tokens": token_texts(tok, ids), "text": tok.decode(ids, skip_special_tokens=True)})
-        slots = [(slot, j) for j, s_idx in enumerate(batch) if (slot := random.offer(s_idx)) is not None]
-        sample_ids = torch.tensor(batch, dtype=torch.int64, device=device)
-        ip, tp_, tv = (torch.as_tensor(x, device=device) for x in (image_pos, text_pos, text_valid))
-
-        def reduce(layer, acts):
-            state[layer].update(acts, ip, tp_, tv, sample_ids, slots)
-
-        session.forward_record(encoded, layers, on_activation=reduce)
+        sample_rows += process_batch(session, samples, batch, layers, state, random, text, max_text_tokens)
         bar.update(len(batch))
         done = b + 1
         if path is not None and (done % checkpoint_every == 0) and done < len(batches):
@@ -138,6 +112,41 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
         write_index(path, final, state, samples_df, random)
         return NeuronIndex.load(path, dataset=samples)
     return in_memory_index(final, state, samples_df, random, dataset=samples)
+
+
+def process_batch(session, samples, batch: list[int], layers, state: dict[int, LayerState], random: RandomSet,
+                  text: str, max_text_tokens: int) -> list[dict]:
+    """Run one batch of dataset positions and fold it into `state`; return the samples' table rows."""
+    tok = session.tokenizer
+    device = session.device
+    items = [samples[i] for i in batch]
+    images = [s.get_image() for s in items]
+    prompts = [s.prompt for s in items]
+    if text == "generate":
+        conts = session.generate_ids(images, prompts, max_new_tokens=max_text_tokens)
+    elif text == "caption":
+        missing = [s.id for s in items if not s.caption]
+        if missing:
+            raise ValueError(f"text='caption' but samples {missing[:3]} have no caption; use text='generate' or 'prompt'")
+        conts = [tok(" " + s.caption.strip(), add_special_tokens=False)["input_ids"] for s in items]
+    else:
+        conts = [None] * len(items)
+    encoded = [session.encode(im, p, c) for im, p, c in zip(images, prompts, conts)]
+    image_pos, text_lists, text_pos, text_valid = _positions(session, encoded, text, max_text_tokens)
+    rows = []
+    for s_idx, enc, tp, item in zip(batch, encoded, text_lists, items):
+        ids = [enc.input_ids[p] for p in tp]
+        rows.append({"sample": s_idx, "sample_id": item.id, "text_token_ids": ids,
+                     "text_tokens": token_texts(tok, ids), "text": tok.decode(ids, skip_special_tokens=True)})
+    slots = [(slot, j) for j, s_idx in enumerate(batch) if (slot := random.offer(s_idx)) is not None]
+    sample_ids = torch.tensor(batch, dtype=torch.int64, device=device)
+    ip, tp_, tv = (torch.as_tensor(x, device=device) for x in (image_pos, text_pos, text_valid))
+
+    def reduce(layer, acts):
+        state[layer].update(acts, ip, tp_, tv, sample_ids, slots)
+
+    session.forward_record(encoded, layers, on_activation=reduce)
+    return rows
 
 
 def in_memory_index(manifest: dict, state: dict[int, LayerState], samples: pd.DataFrame, random: RandomSet, dataset=None) -> NeuronIndex:

@@ -83,64 +83,106 @@ class LayerState:
         self.t["random_image_codes"] = torch.zeros((random_k, n, self.P), dtype=torch.uint8, device=dev)
         self.t["random_text_codes"] = torch.zeros((random_k, n, self.Tm), dtype=torch.uint8, device=dev)
         self._edges = torch.tensor(HIST_EDGES, dtype=torch.float32, device=dev)
+        self._bin_offsets = torch.arange(n, device=dev)[None, :] * N_BINS
 
     # --- one batch -----------------------------------------------------------
     def update(self, acts: torch.Tensor, image_pos: torch.Tensor, text_pos: torch.Tensor, text_valid: torch.Tensor,
                samples: torch.Tensor, random_slots: list[tuple[int, int]]) -> None:
-        """Fold a batch in. acts [B, T, N]; image_pos [B, P]; text_pos/text_valid [B, Tm]; samples [B]."""
+        """Fold a batch in. acts [B, T, N]; image_pos [B, P]; text_pos/text_valid [B, Tm]; samples [B].
+
+        Top-k records live in unordered slots during collection: a batch writes only the
+        (neuron, slot) pairs it takes over, so the cost after warm-up is a few gathers, not a
+        rewrite of every neuron's maps. Saving sorts them into the canonical order.
+        """
         t = self.t
         a = acts.float()
-        b_idx = torch.arange(a.shape[0], device=a.device)[:, None]
+        B = a.shape[0]
+        width = int(text_valid.sum(1).max().item()) if text_valid.numel() else 0  # this batch's longest text
+        text_pos, text_valid = text_pos[:, :width], text_valid[:, :width]
+        b_idx = torch.arange(B, device=a.device)[:, None]
         img = a[b_idx, image_pos]  # [B, P, N]
-        txt = a[b_idx, text_pos]  # [B, Tm, N]
+        txt = a[b_idx, text_pos]  # [B, width, N]
         valid = text_valid[:, :, None]
-        for m, vals, mask in (("image", img, None), ("text", txt, valid)):
-            if mask is None:
-                flat = vals.reshape(-1, self.n)
-                t[f"{m}_count"] += flat.shape[0]
-                t[f"{m}_max"] = torch.maximum(t[f"{m}_max"], flat.amax(0))
-            else:
-                flat = vals[text_valid]  # [n_valid, N]
-                t[f"{m}_count"] += flat.shape[0]
-                if flat.shape[0]:
-                    t[f"{m}_max"] = torch.maximum(t[f"{m}_max"], flat.amax(0))
+        txt_ninf = txt.masked_fill(~valid, -torch.inf)
+        img_flat, txt_flat = img.reshape(-1, self.n), txt[text_valid]
+        for m, flat in (("image", img_flat), ("text", txt_flat)):
+            t[f"{m}_count"] += flat.shape[0]
             if flat.shape[0] == 0:
                 continue
-            t[f"{m}_sum"] += flat.sum(0, dtype=torch.float64)
-            t[f"{m}_sumsq"] += (flat.double() ** 2).sum(0)
-            bins = torch.bucketize(flat, self._edges)  # [rows, N]
-            offs = bins + torch.arange(self.n, device=a.device)[None, :] * N_BINS
-            t[f"{m}_hist"] += torch.bincount(offs.reshape(-1), minlength=self.n * N_BINS).reshape(self.n, N_BINS)
-        # token exemplars per modality: key = sample * width + position
-        B = a.shape[0]
-        for m, vals, width in (("image", img, self.P), ("text", txt.masked_fill(~valid, -torch.inf), self.Tm)):
-            cand_v = torch.cat([t[f"tok_{m}_value"], vals.reshape(B * width, self.n).T], 1)
-            pos = torch.arange(width, device=a.device).repeat(B)
-            smp = samples.repeat_interleave(width)
-            cand_s = torch.cat([t[f"tok_{m}_sample"], smp[None].expand(self.n, -1)], 1)
-            cand_p = torch.cat([t[f"tok_{m}_pos"], pos[None].expand(self.n, -1)], 1)
-            key = torch.where(cand_s < 0, torch.full_like(cand_s, -1), cand_s * (width + 1) + cand_p)
+            t[f"{m}_max"] = torch.maximum(t[f"{m}_max"], flat.amax(0))
+            # Per-batch partial sums in float32 (cheap on any device), accumulated in float64.
+            t[f"{m}_sum"] += flat.sum(0).double()
+            t[f"{m}_sumsq"] += (flat * flat).sum(0).double()
+            offs = torch.bucketize(flat, self._edges).add_(self._bin_offsets)
+            t[f"{m}_hist"] += torch.bincount(offs.view(-1), minlength=self.n * N_BINS).view(self.n, N_BINS)
+        # token exemplars per modality: key = sample * (slots + 1) + position
+        for m, vals, w, slots_ in (("image", img, self.P, self.P), ("text", txt_ninf, width, self.Tm)):
+            if w == 0:
+                continue
+            flat_v = vals.reshape(B * w, self.n).T  # [N, B * w]
+            pos = torch.arange(w, device=a.device).repeat(B)
+            smp = samples.repeat_interleave(w)
+            if flat_v.shape[1] > self.token_k:
+                # Pre-select the batch's best tokens (linear time) before the exact total-order
+                # sort; the selection depends only on the batch, so resume and shards agree.
+                pick = torch.topk(flat_v, self.token_k, dim=1, sorted=False).indices
+                flat_v, smp, pos = torch.gather(flat_v, 1, pick), smp[pick], pos[pick]
+            else:
+                smp, pos = smp[None].expand(self.n, -1), pos[None].expand(self.n, -1)
+            cand_v = torch.cat([t[f"tok_{m}_value"], flat_v], 1)
+            cand_s = torch.cat([t[f"tok_{m}_sample"], smp], 1)
+            cand_p = torch.cat([t[f"tok_{m}_pos"], pos], 1)
+            key = torch.where(cand_s < 0, torch.full_like(cand_s, -1), cand_s * (slots_ + 1) + cand_p)
             idx = top_order(cand_v, key, self.token_k)
             t[f"tok_{m}_value"] = torch.gather(cand_v, 1, idx)
             t[f"tok_{m}_sample"] = torch.gather(cand_s, 1, idx)
             t[f"tok_{m}_pos"] = torch.gather(cand_p, 1, idx)
         # top samples by the neuron's largest activation on the sample (patches and text tokens)
-        smax = torch.maximum(img.amax(1), txt.masked_fill(~valid, -torch.inf).amax(1))  # [B, N]
-        scale = smax.clamp(min=0)[:, None, :]
-        img_codes = quantize(img, scale, self.bits)  # [B, P, N]
-        txt_codes = quantize(txt, scale, self.bits) * valid.to(torch.uint8)  # [B, Tm, N]
-        cand_v = torch.cat([t["top_value"], smax.T], 1)
-        cand_s = torch.cat([t["top_sample"], samples[None].expand(self.n, -1)], 1)
-        idx = top_order(cand_v, cand_s, self.top_k)
-        t["top_value"] = torch.gather(cand_v, 1, idx)
-        t["top_sample"] = torch.gather(cand_s, 1, idx)
-        for name, codes, width in (("top_image_codes", img_codes, self.P), ("top_text_codes", txt_codes, self.Tm)):
-            cand = torch.cat([t[name], codes.permute(2, 0, 1)], 1)  # [N, k + B, width]
-            t[name] = torch.gather(cand, 1, idx[:, :, None].expand(-1, -1, width))
+        smax = img.amax(1)
+        if width:
+            smax = torch.maximum(smax, txt_ninf.amax(1))  # [B, N]
+        self._update_top(smax, samples, img, txt, text_valid, width)
         for slot, b in random_slots:
+            scale = smax[b].clamp(min=0)[:, None]
             t["random_value"][slot] = smax[b]
-            t["random_image_codes"][slot] = img_codes[b].T
-            t["random_text_codes"][slot] = txt_codes[b].T
+            t["random_image_codes"][slot] = quantize(img[b].T, scale, self.bits)
+            t["random_text_codes"][slot] = 0
+            if width:
+                t["random_text_codes"][slot, :, :width] = quantize(txt[b].T, scale, self.bits) * text_valid[b][None].to(torch.uint8)
+
+    def _update_top(self, smax, samples, img, txt, text_valid, width) -> None:
+        t, k = self.t, self.top_k
+        cand_v = torch.cat([t["top_value"], smax.T], 1)  # [N, k + B]
+        cand_s = torch.cat([t["top_sample"], samples[None].expand(self.n, -1)], 1)
+        idx = top_order(cand_v, cand_s, k)
+        chosen = torch.zeros_like(cand_v, dtype=torch.bool).scatter_(1, idx, True)
+        keep_old, enter = chosen[:, :k], chosen[:, k:]
+        pairs = min(k, enter.shape[1])
+        free_slots = torch.argsort(keep_old.to(torch.int8), dim=1, stable=True)[:, :pairs]  # evicted slots first
+        entering = torch.argsort((~enter).to(torch.int8), dim=1, stable=True)[:, :pairs]  # entering items first
+        used = torch.arange(pairs, device=smax.device)[None, :] < enter.sum(1, keepdim=True)
+        n_sel, j_sel = used.nonzero(as_tuple=True)
+        if n_sel.numel() == 0:
+            return
+        slot, b = free_slots[n_sel, j_sel], entering[n_sel, j_sel]
+        value = smax[b, n_sel]
+        t["top_value"][n_sel, slot] = value
+        t["top_sample"][n_sel, slot] = samples[b]
+        scale = value.clamp(min=0)[:, None]
+        t["top_image_codes"][n_sel, slot] = quantize(img[b, :, n_sel], scale, self.bits)
+        t["top_text_codes"][n_sel, slot] = 0
+        if width:
+            codes = quantize(txt[b, :, n_sel], scale, self.bits) * text_valid[b].to(torch.uint8)
+            t["top_text_codes"][n_sel[:, None], slot[:, None], torch.arange(width, device=smax.device)[None, :]] = codes
+
+    def canonical_top(self) -> dict[str, torch.Tensor]:
+        """The top-k arrays sorted per neuron: value descending, then sample ascending."""
+        t = self.t
+        idx = top_order(t["top_value"], t["top_sample"], self.top_k)
+        out = {"top_value": torch.gather(t["top_value"], 1, idx), "top_sample": torch.gather(t["top_sample"], 1, idx)}
+        for name in ("top_image_codes", "top_text_codes"):
+            out[name] = torch.gather(t[name], 1, idx[:, :, None].expand(-1, -1, t[name].shape[2]))
+        return out
 
     # --- merging ---------------------------------------------------------------
     def merge(self, other: "LayerState", random_take: list[tuple[str, int]]) -> None:
@@ -176,7 +218,8 @@ class LayerState:
             t[name] = new
 
     def to_numpy(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().cpu().numpy() for k, v in self.t.items()}
+        """All arrays on the host, the top-k in canonical order."""
+        return {k: v.detach().cpu().numpy() for k, v in {**self.t, **self.canonical_top()}.items()}
 
     @classmethod
     def from_numpy(cls, arrays: dict[str, np.ndarray], *, top_k, token_k, random_k, bits, device="cpu") -> "LayerState":

@@ -1,0 +1,201 @@
+"""The command line: batch jobs that write the same index folders notebooks open.
+
+    neuronwidgets collect --model toy --data shapes:n=2000,seed=0 --top-k 50 --out runs/toy
+    torchrun --nproc_per_node 4 -m neuronwidgets collect --model llava-hf/llava-1.5-7b-hf --data DIR --out runs/coco
+    neuronwidgets merge runs/a runs/b --out runs/ab
+    neuronwidgets explain runs/toy --explainer concept
+    neuronwidgets info runs/toy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def load_session(model: str, device: str | None, dtype: str | None, site: str):
+    from neuronwidgets.session import Session
+
+    if model == "toy":
+        return Session.toy(site=site)
+    return Session.from_pretrained(model, device=device, dtype=dtype, site=site)
+
+
+def load_data(spec: str, images: str | None = None, limit: int | None = None, captions: str | None = None):
+    """shapes:n=N,seed=S | a folder of images | a COCO annotation file (with --images DIR) | any dataset spec."""
+    from neuronwidgets.datasets.coco import coco
+    from neuronwidgets.datasets.folder import image_folder
+    from neuronwidgets.datasets.spec import from_spec
+
+    path = Path(spec).expanduser()
+    if path.suffix == ".json" and path.is_file():
+        data = coco(path, images=images, captions=captions)
+    elif path.is_dir():
+        data = image_folder(path)
+    elif ":" in spec and spec.split(":", 1)[0] in ("shapes", "folder", "coco"):
+        data = from_spec(spec)
+    else:
+        raise SystemExit(f"--data {spec!r}: not a folder, a COCO .json file, or a spec like shapes:n=2000,seed=0")
+    return data[:limit] if limit else data
+
+
+def cmd_collect(args) -> int:
+    from neuronwidgets import distributed as dist
+    from neuronwidgets.index import NeuronIndex
+
+    rank = dist.from_env()
+    session = load_session(args.model, args.device, args.dtype, args.site)
+    dist.init(rank, str(session.device))
+    data = load_data(args.data, args.images, args.limit, args.captions)
+    if args.prompt:
+        session.check_prompt(args.prompt)
+        for s in data:
+            s.prompt = args.prompt
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    kw = dict(layers=layers, top_k=args.top_k, random_k=args.random_k, batch_size=args.batch_size, text=args.text,
+              max_text_tokens=args.max_text_tokens, seed=args.seed, overwrite=args.overwrite, map_bits=args.map_bits,
+              checkpoint_every=args.checkpoint_every)
+    settings = {"model": session.name, "site": session.site, "data": getattr(data, "fingerprint", args.data), "n": len(data),
+                "out": str(Path(args.out).resolve()), **kw}
+    dist.check_agreement(rank, settings)
+    out = Path(args.out)
+    if rank.world == 1:
+        index = session.collect(data, path=out, **kw)
+        print(index)
+        return 0
+    positions = dist.shard_positions(len(data), args.batch_size, rank)
+    shard = out / "shards" / f"rank-{rank.rank:03d}-of-{rank.world:03d}"
+    session.collect(data, path=shard, indices=positions, progress=True, **kw)
+    dist.barrier(rank)
+    if rank.is_main:
+        shards = [NeuronIndex.load(out / "shards" / f"rank-{r:03d}-of-{rank.world:03d}") for r in range(rank.world)]
+        merged = NeuronIndex.merge(shards, out)
+        print(merged)
+    dist.barrier(rank)
+    dist.finish(rank)
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from neuronwidgets.index import NeuronIndex
+
+    merged = NeuronIndex.merge([NeuronIndex.load(p) for p in args.indexes], args.out)
+    print(merged)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from neuronwidgets.index import NeuronIndex
+
+    index = NeuronIndex.load(args.index)
+    print(index)
+    m = index.manifest
+    for key in ("model", "site", "text", "top_k", "random_k", "map_bits", "n_samples"):
+        print(f"  {key:10s} {m.get(key)}")
+    print(f"  dataset    {m.get('dataset', {}).get('fingerprint')}")
+    import pandas as pd
+
+    with pd.option_context("display.width", 120, "display.max_columns", 20):
+        print(index.category_summary(rule=args.rule).to_string(index=False))
+    expl = index.explanations()
+    if expl is not None:
+        print(f"  explanations: {len(expl)} neurons")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from neuronwidgets.index import NeuronIndex
+
+    try:
+        from neuronwidgets.explain import ConceptExplainer, ConceptSimulator, Explainer, Simulator, explain_all
+    except ImportError as err:  # pragma: no cover
+        raise SystemExit(f"explanations are not available: {err}")
+    index = NeuronIndex.load(args.index)
+    if args.explainer == "concept":
+        if index.dataset is None:
+            raise SystemExit("the concept explainer needs the dataset's concept masks; this index's dataset cannot be rebuilt")
+        explainer = ConceptExplainer(index.dataset)
+        simulator = ConceptSimulator(index.dataset)
+    else:
+        from neuronwidgets.llm import OpenAIClient
+
+        client = OpenAIClient(model=args.llm_model, base_url=args.base_url)
+        explainer, simulator = Explainer(client), Simulator(client)
+    cats = index.categories()
+    chosen = cats[cats.category != "inactive"]
+    if args.layers:
+        chosen = chosen[chosen.layer.isin([int(x) for x in args.layers.split(",")])]
+    neurons = list(zip(chosen.layer, chosen.neuron))[: args.limit]
+    table = explain_all(index, neurons=neurons, explainer=explainer, simulator=simulator)
+    print(table.head(20).to_string(index=False))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from neuronwidgets.demo import run_demo
+
+    run_demo(Path(args.out), n=args.n)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neuronwidgets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect", help="record every neuron over a dataset into an index folder")
+    c.add_argument("--model", default="toy", help="'toy', a local checkpoint folder, or a hub id already in the local cache")
+    c.add_argument("--data", required=True, help="shapes:n=N,seed=S | an image folder | a COCO annotation .json")
+    c.add_argument("--images", help="the images folder of a COCO annotation file")
+    c.add_argument("--captions", help="a COCO captions file to pair with a COCO instances file")
+    c.add_argument("--out", required=True)
+    c.add_argument("--layers", help="comma-separated layer ids (default: all)")
+    c.add_argument("--top-k", type=int, default=50)
+    c.add_argument("--random-k", type=int, default=10)
+    c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument("--text", default="generate", choices=["generate", "caption", "prompt"])
+    c.add_argument("--max-text-tokens", type=int, default=64)
+    c.add_argument("--map-bits", type=int, default=4, choices=[4, 8])
+    c.add_argument("--prompt", help="a prompt template with <image>, used for every image")
+    c.add_argument("--site", default="act", choices=["act", "mlp_in"])
+    c.add_argument("--device")
+    c.add_argument("--dtype")
+    c.add_argument("--limit", type=int)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--checkpoint-every", type=int, default=20, help="write a resumable checkpoint every N batches")
+    c.add_argument("--overwrite", action="store_true")
+    c.set_defaults(func=cmd_collect)
+    m = sub.add_parser("merge", help="merge index folders of disjoint shards")
+    m.add_argument("indexes", nargs="+")
+    m.add_argument("--out", required=True)
+    m.set_defaults(func=cmd_merge)
+    i = sub.add_parser("info", help="summarise an index folder")
+    i.add_argument("index")
+    i.add_argument("--rule", default="paper", choices=["paper", "share"])
+    i.set_defaults(func=cmd_info)
+    e = sub.add_parser("explain", help="explain and score neurons of an index (stored in the folder)")
+    e.add_argument("index")
+    e.add_argument("--explainer", default="concept", choices=["concept", "llm"])
+    e.add_argument("--llm-model", default="gpt-4o")
+    e.add_argument("--base-url")
+    e.add_argument("--layers")
+    e.add_argument("--limit", type=int, default=50)
+    e.set_defaults(func=cmd_explain)
+    d = sub.add_parser("demo", help="the toy model end to end: collect, categorise, explain, export")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--n", type=int, default=600)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"neuronwidgets {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The command line: collect from a local checkpoint and an image folder, torchrun shards, COCO files."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neuronwidgets.datasets.coco import coco, decode_segmentation
+from neuronwidgets.index import NeuronIndex
+from tests.conftest import TINY_WORDS
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+COLLECT = ["collect", "--batch-size", "2", "--text", "caption", "--top-k", "3", "--random-k", "2", "--checkpoint-every", "1", "--max-text-tokens", "6"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_session):
+    path = tmp_path_factory.mktemp("model") / "tiny-llava"
+    tiny_session.model.save_pretrained(path)
+    tiny_session.processor.save_pretrained(path)
+    return path
+
+
+def write_images(folder: Path, n: int, bad: int | None = None):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    captions = {}
+    for i in range(n):
+        f = folder / f"img{i:02d}.png"
+        pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)  # drawn for every i: the same images after a fix
+        if i == bad:
+            f.write_bytes(b"this is not a png")
+        else:
+            Image.fromarray(pixels).save(f)
+        captions[f.name] = {"caption": ["a red circle", "blue square", "the shape"][i % 3]}
+    (folder / "captions.json").write_text(json.dumps(captions))
+    return folder
+
+
+def run(args, env=None, torchrun=False, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    if torchrun:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "neuronwidgets", *args]
+    else:
+        cmd = [sys.executable, "-m", "neuronwidgets", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def assert_same(a: NeuronIndex, b: NeuronIndex):
+    assert a.layers == b.layers and a.n_samples == b.n_samples
+    assert a.manifest["random_samples"] == b.manifest["random_samples"]
+    for layer in a.layers:
+        la, lb = a._layer(layer), b._layer(layer)
+        for k in la:
+            if k.endswith("value"):
+                np.testing.assert_allclose(la[k], lb[k], atol=1e-5, err_msg=k)
+            elif "codes" in k:  # quantised from values equal to float rounding
+                assert np.mean(la[k] == lb[k]) > 0.99, k
+            else:
+                np.testing.assert_array_equal(la[k], lb[k], err_msg=k)
+    np.testing.assert_allclose(a.stats().image_mean, b.stats().image_mean, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_equals_single_process_and_resumes(tmp_path, checkpoint):
+    images = write_images(tmp_path / "images", 11, bad=7)
+    common = [*COLLECT, "--model", str(checkpoint), "--data", str(images)]
+    # batches of 2 go round-robin: rank 1 owns batches 1 and 3 (images 6, 7); the unreadable image 7 stops it part-way
+    failed = run([*common, "--out", str(tmp_path / "dist")], torchrun=True, check=False)
+    assert failed.returncode != 0
+    assert "img07.png" in failed.stdout + failed.stderr
+    shard1 = json.loads((tmp_path / "dist" / "shards" / "rank-001-of-002" / "manifest.json").read_text())
+    assert shard1["complete"] is False and shard1["next_batch"] >= 1
+    write_images(tmp_path / "images", 11)  # the file is fixed; the same command resumes
+    run([*common, "--out", str(tmp_path / "dist")], torchrun=True)
+    run([*common, "--out", str(tmp_path / "single")])
+    dist, single = NeuronIndex.load(tmp_path / "dist"), NeuronIndex.load(tmp_path / "single")
+    assert_same(dist, single)
+    info = run(["info", str(tmp_path / "dist")])
+    assert "11 samples" in info.stdout and "layer" in info.stdout
+
+
+@pytest.mark.slow
+def test_ranks_that_disagree_stop_with_the_difference(tmp_path, checkpoint):
+    images = write_images(tmp_path / "images", 4)
+    script = tmp_path / "launch.sh"
+    # each rank gets a different --top-k through its own LOCAL_RANK
+    script.write_text(
+        f'#!/bin/sh\nexec {sys.executable} -m neuronwidgets collect --model {checkpoint} --data {images} --out {tmp_path / "o"} '
+        '--batch-size 2 --text caption --top-k $((3 + LOCAL_RANK))\n'
+    )
+    script.chmod(0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                           "--no-python", str(script)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    assert "ranks disagree" in proc.stdout + proc.stderr and "top_k" in proc.stdout + proc.stderr
+
+
+def test_merge_command_and_errors(tmp_path, checkpoint):
+    images = write_images(tmp_path / "images", 6)
+    common = [*COLLECT, "--model", str(checkpoint), "--data", str(images)]
+    run([*common, "--out", str(tmp_path / "all")])
+    bad = run(["info", str(tmp_path / "missing")], check=False)
+    assert bad.returncode == 2 and "no such directory" in bad.stderr
+    nodata = run(["collect", "--model", str(checkpoint), "--data", "nope:x", "--out", str(tmp_path / "x")], check=False)
+    assert nodata.returncode != 0 and "not a folder" in nodata.stderr
+
+
+def write_coco(folder: Path):
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((40, 30, 3), 200, np.uint8)).save(folder / "a.jpg")
+    Image.fromarray(np.full((40, 30, 3), 90, np.uint8)).save(folder / "b.jpg")
+    # an uncompressed RLE: columns of height 40; 40*5 zeros, then 40*3 ones (columns 5..7), rest zeros
+    rle = {"size": [40, 30], "counts": [200, 120, 40 * 30 - 320]}
+    instances = {
+        "images": [{"id": 2, "file_name": "b.jpg", "height": 40, "width": 30}, {"id": 1, "file_name": "a.jpg", "height": 40, "width": 30}],
+        "categories": [{"id": 1, "name": "dog"}, {"id": 2, "name": "frisbee"}],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 1, "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10]], "iscrowd": 0},
+            {"id": 11, "image_id": 1, "category_id": 2, "segmentation": rle, "iscrowd": 1},
+            {"id": 12, "image_id": 2, "category_id": 1, "segmentation": [[20, 20, 29, 20, 29, 39, 20, 39]], "iscrowd": 0},
+        ],
+    }
+    captions = {"images": instances["images"], "annotations": [
+        {"id": 1, "image_id": 1, "caption": "A dog and a frisbee."}, {"id": 2, "image_id": 2, "caption": "A dog."}]}
+    (folder / "instances.json").write_text(json.dumps(instances))
+    (folder / "captions.json").write_text(json.dumps(captions))
+    return folder
+
+
+def test_coco_folder_masks_and_captions(tmp_path, checkpoint):
+    folder = write_coco(tmp_path / "coco")
+    data = coco(folder / "instances.json", images=folder, captions=folder / "captions.json")
+    assert [s.id for s in data] == ["1", "2"]
+    a = data[0]
+    assert a.caption == "A dog and a frisbee." and a.get_image().size == (30, 40)
+    assert a.masks["dog"][:10, :10].all() and not a.masks["dog"][20:, 20:].any()
+    assert a.masks["frisbee"][:, 5:8].all() and a.masks["frisbee"].sum() == 120
+    assert not (a.masks["background"] & a.masks["dog"]).any()
+    shares = a.patch_masks(4, 3)
+    assert shares["dog"][0, 0] == pytest.approx(1.0) and shares["dog"][3, 2] == 0
+    assert "frisbee" not in data[1].masks
+    # compressed RLE string decodes to the same mask as its counts
+    from neuronwidgets.datasets.coco import rle_counts_from_string
+
+    assert rle_counts_from_string("0") == [0]
+    np.testing.assert_array_equal(decode_segmentation({"size": [40, 30], "counts": [200, 120, 880]}, 40, 30), a.masks["frisbee"])
+    out = tmp_path / "idx"
+    run([*COLLECT, "--model", str(checkpoint), "--data", str(folder / "instances.json"), "--images", str(folder),
+         "--captions", str(folder / "captions.json"), "--out", str(out)])
+    index = NeuronIndex.load(out)
+    assert index.n_samples == 2
+    assert index.dataset is not None and index.dataset[0].masks["dog"].any()
