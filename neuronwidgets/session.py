@@ -60,11 +60,21 @@ class Session:
         return cls(model, processor, name=name or "", site=site)
 
     @classmethod
-    def toy(cls, site: str = "act") -> "Session":
-        """The bundled tiny LLaVA trained on the Shapes world: offline, CPU, seconds."""
-        from neuronwidgets.toy import WEIGHTS_DIR
+    def toy(cls, site: str = "act", path: str | Path | None = None) -> "Session":
+        """The bundled tiny LLaVA trained on the Shapes world: offline, CPU, seconds.
 
-        return cls.from_pretrained(WEIGHTS_DIR, device="cpu", dtype=torch.float32, site=site)
+        `path` (or the NEURONWIDGETS_TOY_DIR variable) loads a toy you retrained yourself.
+        """
+        import os
+
+        path = path or os.environ.get("NEURONWIDGETS_TOY_DIR")
+        if path is None:
+            from neuronwidgets.toy import WEIGHTS_DIR
+
+            path = WEIGHTS_DIR
+        session = cls.from_pretrained(path, device="cpu", dtype=torch.float32, site=site)
+        session.name = "neuronwidgets-toy"
+        return session
 
     # --- facts -----------------------------------------------------------------
     @property
