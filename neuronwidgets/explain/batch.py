@@ -1,0 +1,183 @@
+"""explain_all: explain (and score) many neurons, stored in the index folder as a Parquet table, resumable.
+
+The table (`explanations.parquet`) has one row per neuron: the explanation's fields (as
+`Explanation.to_row`), then, when a simulator is given, its scores and its baseline's. Rows
+are saved every `save_every` neurons and when the run stops for any reason; a rerun skips
+neurons already explained by the same explainer, model and prompt version, and retries
+those that failed (their `error` column says why).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from neuronwidgets.explain.data import categories
+from neuronwidgets.explain.explainer import ExplanationError
+from neuronwidgets.explain.explanation import Explanation
+from neuronwidgets.explain.scoring import score
+from neuronwidgets.explain.simulator import SimulationParseError
+from neuronwidgets.llm.errors import LLMRequestError
+
+TABLE = "explanations.parquet"
+EXPLANATION_COLUMNS = ["layer", "neuron", "category", "text", "concept", "explainer", "model", "prompt_version", "exemplars", "extra"]
+SCORE_COLUMNS = ["score", "score_top", "score_random", "baseline", "baseline_top", "baseline_random", "baseline_layer",
+                 "baseline_neuron", "baseline_text", "modality", "n_unparsed", "simulator"]
+COLUMNS = EXPLANATION_COLUMNS + SCORE_COLUMNS + ["error"]
+#: Failures that are recorded in a row (and retried on the next run) instead of stopping the batch.
+RECOVERABLE = (LLMRequestError, ExplanationError, SimulationParseError)
+
+
+def _neurons(index, neurons) -> list[tuple[int, int]]:
+    if neurons is None:
+        table = categories(index)
+        table = table[table["category"] != "inactive"]
+        return [(int(a), int(b)) for a, b in zip(table["layer"], table["neuron"])]
+    if isinstance(neurons, pd.DataFrame):
+        return [(int(a), int(b)) for a, b in zip(neurons["layer"], neurons["neuron"])]
+    out = []
+    for item in neurons:
+        if np.ndim(item) != 1 or len(item) != 2:
+            raise TypeError(f"neurons must be (layer, neuron) pairs or a DataFrame with layer and neuron columns; got {item!r}")
+        out.append((int(item[0]), int(item[1])))
+    return list(dict.fromkeys(out))
+
+
+def _save(rows: dict[tuple[int, int], dict], file: Path | None) -> pd.DataFrame:
+    df = pd.DataFrame([rows[k] for k in sorted(rows)], columns=COLUMNS)
+    for col in ("baseline_layer", "baseline_neuron", "n_unparsed"):
+        df[col] = df[col].astype("Int64")
+    for col in ("score", "score_top", "score_random", "baseline", "baseline_top", "baseline_random"):
+        df[col] = df[col].astype("float64")
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".explanations-", suffix=".parquet")
+        os.close(fd)
+        try:
+            df.to_parquet(tmp, index=False)
+            os.replace(tmp, file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return df
+
+
+def _empty_row(exp: Explanation) -> dict:
+    row = {c: None for c in COLUMNS}
+    row.update(exp.to_row())
+    return row
+
+
+def explain_all(index, neurons=None, explainer=None, simulator=None, *, holdout=None, path: str | os.PathLike | None = None,
+                resume: bool = True, progress: bool = True, workers: int | None = None, save_every: int = 25,
+                n_top: int | None = 20, n_random: int | None = 20) -> pd.DataFrame:
+    """Explain `neurons` of `index` (default: every neuron that is not inactive) and, with a simulator, score them.
+
+    explainer: an Explainer or ConceptExplainer (default: ConceptExplainer on the index's dataset).
+    simulator: scores each explanation on `holdout` (see `score`) beside a baseline taken from
+        another neuron's row of the same table.
+    path: the table file (default: explanations.parquet in the index folder; in memory only
+        for an index without a folder).
+    workers: neurons in flight at once (default: the explainer's client's max_concurrency, else 1).
+    """
+    if explainer is None:
+        from neuronwidgets.explain.concept import ConceptExplainer
+
+        explainer = ConceptExplainer()
+    todo = _neurons(index, neurons)
+    file = Path(path) if path is not None else (Path(index.path) / TABLE if getattr(index, "path", None) else None)
+    rows: dict[tuple[int, int], dict] = {}
+    if resume and file is not None and file.exists():
+        for r in pd.read_parquet(file).to_dict("records"):
+            rows[(int(r["layer"]), int(r["neuron"]))] = {c: r.get(c) for c in COLUMNS}
+    client = getattr(explainer, "client", None)
+    workers = workers or getattr(client, "max_concurrency", 1)
+    model = getattr(client, "model", "concept")
+    version = getattr(explainer, "prompt_version", None)
+    if version is None:
+        from neuronwidgets.explain.concept import CONCEPT_VERSION
+
+        version = CONCEPT_VERSION
+
+    def done(key) -> bool:
+        r = rows.get(key)
+        return bool(r) and _isnull(r.get("error")) and r.get("explainer") == explainer.name and r.get("model") == model \
+            and r.get("prompt_version") == version
+
+    def explain_one(key):
+        try:
+            return key, _empty_row(explainer.explain(index, *key)), None
+        except RECOVERABLE as err:
+            return key, None, f"explain: {type(err).__name__}: {err}"
+
+    pending = [k for k in todo if not done(k)]
+    bar = tqdm(total=len(todo), initial=len(todo) - len(pending), desc="explain", unit="neuron", disable=not progress)
+    try:
+        _run(pending, explain_one, workers, rows, file, save_every, bar, client)
+        if simulator is not None:
+            table = _save(rows, None)
+            scoring = [k for k in todo if k in rows and _isnull(rows[k].get("error")) and _isnull(rows[k].get("score"))]
+            bar.reset(total=len(todo))
+            bar.update(len(todo) - len(scoring))
+            bar.set_description("score")
+
+            def score_one(key):
+                exp = Explanation.from_row(rows[key])
+                try:
+                    result = score(exp, index, simulator, holdout=holdout, baseline_table=table, n_top=n_top, n_random=n_random,
+                                   workers=1)
+                except RECOVERABLE as err:
+                    return key, None, f"score: {type(err).__name__}: {err}"
+                row = dict(rows[key])
+                s = result.summary()
+                row.update({k: s.get(k) for k in SCORE_COLUMNS})
+                row["baseline_top"], row["baseline_random"] = result.baseline_scores["top"], result.baseline_scores["random"]
+                return key, row, None
+
+            _run(scoring, score_one, workers, rows, file, save_every, bar, client)
+    finally:
+        bar.close()
+        out = _save(rows, file) if rows else pd.DataFrame(columns=COLUMNS)
+    keep = set(todo)
+    return out[[(int(a), int(b)) in keep for a, b in zip(out["layer"], out["neuron"])]].reset_index(drop=True)
+
+
+def _isnull(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA
+
+
+def _run(keys, fn, workers, rows, file, save_every, bar, client) -> None:
+    """Run `fn` over keys (threads when workers > 1), store each row, save every `save_every` and at the end."""
+    if not keys:
+        return
+    last = time.monotonic()
+    n = 0
+
+    def store(key, row, error):
+        nonlocal n, last
+        if row is None:
+            row = dict(rows.get(key) or {c: None for c in COLUMNS})
+            row.update({"layer": key[0], "neuron": key[1], "error": error})
+        rows[key] = row
+        n += 1
+        bar.update(1)
+        if client is not None:
+            bar.set_postfix(tokens=client.usage.total_tokens, cached=client.usage.cache_hits, refresh=False)
+        if n % save_every == 0 or time.monotonic() - last > 60:
+            _save(rows, file)
+            last = time.monotonic()
+
+    if workers <= 1:
+        for k in keys:
+            store(*fn(k))
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for fut in as_completed([pool.submit(fn, k) for k in keys]):
+            store(*fut.result())
