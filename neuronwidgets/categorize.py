@@ -1,7 +1,9 @@
 """Sort neurons into visual, text and multi-modal ones; per-layer tables and charts.
 
 rule="paper" (default): on the neuron's 0-10 scale (its global max), a top sample is
-visually activated if at least `visual_min_patches` patches exceed `visual_threshold`, and
+visually activated if at least `visual_min_patches` patches exceed `visual_threshold`
+(default: the paper's 4 of LLaVA's 576 patches, scaled to the index's grid and at least 1, so
+a 4x4 grid needs 1: see `paper_min_patches`), and
 text-activated if at least `text_min_tokens` text tokens exceed `text_threshold`; it is then
 visual, text, multi-modal (both) or unactivated; the neuron takes its samples' most frequent
 label (ties go to the earlier of visual, text, multi-modal, unactivated). The per-label counts
@@ -23,6 +25,14 @@ CATEGORIES = ("visual", "text", "multi-modal", "unactivated", "inactive")
 COLORS = {"visual": "#1f77b4", "text": "#ff7f0e", "multi-modal": "#2ca02c", "unactivated": "#bbbbbb", "inactive": "#555555"}
 
 
+PAPER_PATCHES, PAPER_MIN_PATCHES = 576, 4
+
+
+def paper_min_patches(n_patches: int) -> int:
+    """The paper's "at least 4 of 576 patches", as a share of a grid of `n_patches` (at least 1)."""
+    return max(1, round(PAPER_MIN_PATCHES * n_patches / PAPER_PATCHES))
+
+
 def sample_labels(image_levels: np.ndarray, text_levels: np.ndarray, *, visual_threshold: int = 2, visual_min_patches: int = 4,
                   text_threshold: int = 3, text_min_tokens: int = 2) -> np.ndarray:
     """Label each sample from its 0-10 levels: image [..., patches], text [..., tokens] -> str array [...]."""
@@ -31,13 +41,15 @@ def sample_labels(image_levels: np.ndarray, text_levels: np.ndarray, *, visual_t
     return np.where(visual & text, "multi-modal", np.where(visual, "visual", np.where(text, "text", "unactivated")))
 
 
-def categorize(index, rule: str = "paper", *, top_n: int | None = None, visual_threshold: int = 2, visual_min_patches: int = 4,
+def categorize(index, rule: str = "paper", *, top_n: int | None = None, visual_threshold: int = 2, visual_min_patches: int | None = None,
                text_threshold: int = 3, text_min_tokens: int = 2, visual_share: float = 0.9, text_share: float = 0.1,
                balanced: bool = False) -> pd.DataFrame:
     """One row per neuron: layer, neuron, category, the counts behind it, image_share, max."""
     if rule not in ("paper", "share"):
         raise ValueError(f"rule must be 'paper' or 'share', got {rule!r}")
     top_n = min(top_n or index.top_k, index.top_k)
+    if visual_min_patches is None:
+        visual_min_patches = paper_min_patches(int(index.manifest["n_patches"]))
     stats = index.stats()
     frames = []
     for layer in index.layers:

@@ -250,7 +250,7 @@ def hand_index(bits=8):
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_paper_rule_reproduces_hand_worked_example(bits):
-    cats = hand_index(bits).categories(rule="paper").set_index("neuron")
+    cats = hand_index(bits).categories(rule="paper", visual_min_patches=4).set_index("neuron")
     assert cats.loc[0, "category"] == "visual"
     assert (cats.loc[0, "n_visual"], cats.loc[0, "n_multimodal"], cats.loc[0, "n_unactivated"], cats.loc[0, "n_text"]) == (2, 1, 1, 0)
     assert cats.loc[1, "category"] == "text"
@@ -265,6 +265,13 @@ def test_inactive_and_thresholds_are_parameters():
     idx = hand_index()
     strict = idx.categories(visual_min_patches=5).set_index("neuron")
     assert strict.loc[0, "n_visual"] == 0  # no sample has 5 patches above 2
+    # By default the paper's 4-of-576 patches scales to the grid: 1 of these 9, so sample D
+    # (three patches) is visual too; LLaVA's 24x24 grid keeps the paper's 4.
+    scaled = idx.categories().set_index("neuron")
+    assert (scaled.loc[0, "n_visual"], scaled.loc[0, "n_unactivated"]) == (3, 0)
+    from neuronwidgets.categorize import paper_min_patches
+
+    assert [paper_min_patches(n) for n in (576, 16, 9, 2304)] == [4, 1, 1, 16]
     from neuronwidgets.categorize import sample_labels
 
     labels = sample_labels(np.array([[3, 3, 3, 3, 0], [3, 3, 3, 0, 0]]), np.array([[4, 4], [4, 0]]))
