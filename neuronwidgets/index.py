@@ -318,9 +318,18 @@ class NeuronIndex:
         return HIST_EDGES.copy(), self._layer(layer)[f"hist_{modality}"][self._check_neuron(neuron)].astype(np.int64)
 
     # --- records ---------------------------------------------------------------------
+    def _sample_rows(self) -> dict[int, tuple[str, list[str]]]:
+        """sample -> (sample_id, text tokens), built once: records() asks for it per record."""
+        cached = getattr(self, "_rows_cache", None)
+        if cached is None or cached[0] is not self.samples:
+            rows = {int(s): (str(i), list(t)) for s, i, t in
+                    zip(self.samples["sample"], self.samples["sample_id"], self.samples["text_tokens"])}
+            cached = self._rows_cache = (self.samples, rows)
+        return cached[1]
+
     def _text_of(self, sample: int) -> list[str]:
-        rows = self.samples.loc[self.samples["sample"] == sample, "text_tokens"]
-        return list(rows.iloc[0]) if len(rows) else []
+        row = self._sample_rows().get(int(sample))
+        return list(row[1]) if row else []
 
     def records(self, layer: int, neuron: int, kind: str = "top") -> list[ActivationRecord]:
         """The neuron's top-activating samples (best first) or its random samples, as records."""
@@ -365,8 +374,8 @@ class NeuronIndex:
         return out
 
     def sample_id(self, sample: int) -> str:
-        rows = self.samples.loc[self.samples["sample"] == sample, "sample_id"]
-        return str(rows.iloc[0]) if len(rows) else str(sample)
+        row = self._sample_rows().get(int(sample))
+        return row[0] if row else str(sample)
 
     def exemplars(self, layer: int, neuron: int, modality: str | None = None, k: int | None = None) -> pd.DataFrame:
         """Top tokens of the neuron: sample, sample_id, position, modality, row, col, token, activation (best first)."""
