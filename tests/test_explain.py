@@ -193,6 +193,8 @@ def test_score_text_neuron_and_explicit_baseline(world):
     assert result.modality == "text" and result.score > 0.9
     assert result.baseline_explanation is other and result.baseline <= 0.2
     assert (result.per_input["modality"] == "text").all()
+    # Each text input keeps its tokens (the plot shows them on hover), one per value.
+    assert all(len(tok) == len(real) for tok, real in zip(result.per_input["tokens"], result.per_input["real"]))
 
 
 def test_score_mixes_top_and_random_one_to_one(world):

@@ -262,6 +262,7 @@ def test_simulation_plot_from_a_score_result(world):
     expected = pearson(real, sim)
     assert plot.corr == pytest.approx(expected, abs=1e-5) if np.isfinite(expected) else plot.corr is None
     assert len(plot.inputs) == len(ok) and plot.n == real.size
+    assert plot.labels == [tok for tokens in ok["tokens"] for tok in tokens]  # tokens, not indices, on hover
     assert "score" in plot.title
     datasets = json.dumps(plot.spec)
     assert '"name": "points"' in datasets and '"name": "focus"' in datasets and '"values"' not in datasets

@@ -146,7 +146,8 @@ def _simulate_all(explanation, records, modalities, simulator, source, workers: 
             if sim is not None and sim.shape != real.shape:
                 raise ValueError(f"simulator {type(simulator).__name__} gave {sim.size} values for {real.size} {m} values of sample {rec.sample_id!r}")
             rows.append({"position": i, "sample": rec.sample, "sample_id": rec.sample_id, "kind": rec.kind, "modality": m,
-                         "real": real, "simulated": sim, "corr": pearson(real, sim) if sim is not None else float("nan"), "error": err})
+                         "real": real, "simulated": sim, "corr": pearson(real, sim) if sim is not None else float("nan"), "error": err,
+                         "tokens": list(rec.text_tokens) if m == "text" else None})
         return rows
 
     items = list(enumerate(records))
@@ -156,7 +157,7 @@ def _simulate_all(explanation, records, modalities, simulator, source, workers: 
     else:
         results = [one(x) for x in items]
     df = pd.DataFrame([row for rows in results for row in rows],
-                      columns=["position", "sample", "sample_id", "kind", "modality", "real", "simulated", "corr", "error"])
+                      columns=["position", "sample", "sample_id", "kind", "modality", "real", "simulated", "corr", "error", "tokens"])
     mixed = _mixed(records)
     df["mixed"] = df["position"].isin(mixed)
     return df.drop(columns="position")

@@ -125,8 +125,10 @@ def inputs_from_result(result) -> list[dict[str, Any]]:
     for row in df.itertuples(index=False):
         if row.simulated is None or (isinstance(row.simulated, float) and math.isnan(row.simulated)):
             continue
+        tokens = getattr(row, "tokens", None)  # text inputs: each value's token, shown on hover
         out.append({"label": f"{row.sample_id} ({row.kind})", "kind": str(row.kind), "modality": str(row.modality),
-                    "real": row.real, "simulated": row.simulated})
+                    "real": row.real, "simulated": row.simulated,
+                    "labels": list(tokens) if tokens is not None and str(row.modality) == "text" else None})
     return out
 
 
