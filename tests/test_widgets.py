@@ -294,7 +294,9 @@ def test_explorer_initial_state(explorer, world):
     np.testing.assert_allclose(f32(ex.tokens_view["values"]), trace.neuron(0, 4), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(f32(ex.patch_view["values"]), trace.image_map(0, 4).ravel(), rtol=1e-5, atol=1e-6)
     assert ex.tokens_view["vmax"] == pytest.approx(index.neuron_max(0, 4))
-    assert ex.sim["status"] == "" and ex.sim["inputs"][0]["modality"] == "text"  # a text neuron: per token
+    category = table[(table.layer == 0) & (table.neuron == 4)]["category"].iloc[0]
+    per = {"text": {"text"}, "visual": {"image"}}.get(category, {"image", "text"})  # per token, per patch, or both
+    assert ex.sim["status"] == "" and {i["modality"] for i in ex.sim["inputs"]} == per
     state, _, _ = _remove_buffers(ex.get_state())
     assert not float_lists(state)
 
@@ -315,7 +317,9 @@ def test_explorer_prompt_change_updates_real_activations_in_one_message(explorer
     trace = session.trace(data[0].image, new, layers=[0])
     np.testing.assert_allclose(f32(ex.tokens_view["values"]), trace.neuron(0, 4), rtol=1e-5, atol=1e-6)
     assert ex.tokens_view["tokens"] == [("" if m == "image" else t) for t, m in zip(trace.tokens["token"], trace.tokens["modality"])]
-    assert ex.sim["status"] == "" and len(f32(ex.sim["real"])) == (trace.tokens["modality"] == "text").sum()
+    category = table[(table.layer == 0) & (table.neuron == 4)]["category"].iloc[0]
+    modalities = {"text": ["text"], "visual": ["image"]}.get(category, ["image", "text"])
+    assert ex.sim["status"] == "" and len(f32(ex.sim["real"])) == trace.tokens["modality"].isin(modalities).sum()
     assert wire.nbytes() < 20_000
 
 

@@ -58,6 +58,18 @@ def candidate_order(index, layer: int, neuron: int, category: str | None, allowe
     return order
 
 
+def _first_fit(explanation: Explanation, candidates) -> Explanation | None:
+    """The first candidate that fits fully (stops asking there), else the first that fits partly."""
+    best = None
+    for cand in candidates:
+        fit = _fit(cand, explanation)
+        if fit == 2:
+            return cand
+        if fit == 1 and best is None:
+            best = cand
+    return best
+
+
 def pick_baseline(explanation: Explanation, index, *, explainer=None, simulator=None, table=None,
                   max_tries: int = 8) -> tuple[Explanation | None, str]:
     """(another neuron's explanation, a note on how it was found) — or (None, why not).
@@ -76,14 +88,8 @@ def pick_baseline(explanation: Explanation, index, *, explainer=None, simulator=
         same_kind = rows[rows["explainer"] == explanation.explainer]
         rows = same_kind if len(same_kind) else rows
         by_neuron = {int(r["neuron"]): r for r in rows.to_dict("records")}
-        best = None
-        for n in candidate_order(index, L, N, explanation.category, allowed=set(by_neuron)):
-            cand = Explanation.from_row(by_neuron[n])
-            fit = _fit(cand, explanation)
-            if fit == 2:
-                return cand, f"baseline: layer {L} neuron {n} from the index's explanations table"
-            if fit == 1 and best is None:
-                best = cand
+        order = candidate_order(index, L, N, explanation.category, allowed=set(by_neuron))
+        best = _first_fit(explanation, (Explanation.from_row(by_neuron[n]) for n in order))
         if best is not None:
             return best, f"baseline: layer {L} neuron {best.neuron} from the index's explanations table"
     if explainer is None:
@@ -97,14 +103,8 @@ def pick_baseline(explanation: Explanation, index, *, explainer=None, simulator=
             explainer = Explainer(simulator.client)
         else:
             return None, "no baseline: pass baseline= or explainer= (no explanations table in the index folder)"
-    best = None
-    for n in candidate_order(index, L, N, explanation.category)[:max_tries]:
-        cand = explainer.explain(index, L, n)
-        fit = _fit(cand, explanation)
-        if fit == 2:
-            return cand, f"baseline: layer {L} neuron {n} explained by {type(explainer).__name__}"
-        if fit == 1 and best is None:
-            best = cand
+    order = candidate_order(index, L, N, explanation.category)[:max_tries]
+    best = _first_fit(explanation, (explainer.explain(index, L, n) for n in order))
     if best is not None:
         return best, f"baseline: layer {L} neuron {best.neuron} explained by {type(explainer).__name__}"
     return None, f"no baseline: none of {max_tries} other neurons of layer {L} has a different explanation"

@@ -56,6 +56,19 @@ class NeuronWidget(anywidget.AnyWidget):
         else:
             super().notify_change(change)
 
+    _updating = False
+
+    def _show(self, layer: int, neuron: int, state: dict[str, Any]) -> None:
+        """Set layer, neuron and the traits they determine in one message (observers stay quiet meanwhile)."""
+        self._updating = True
+        try:
+            with self.hold_sync():
+                self.layer, self.neuron = layer, neuron
+                for key, value in state.items():
+                    setattr(self, key, value)
+        finally:
+            self._updating = False
+
     def to_html(self, path: str | Path, title: str | None = None) -> Path:
         """Write this widget as one self-contained HTML file that renders offline (see `export.to_html`)."""
         from neuronwidgets.widgets.export import to_html

@@ -65,8 +65,6 @@ class PatchHeatmap(NeuronWidget):
             state["top_ids"], state["top_values"], state["k"] = patch_top(trace, layer, self._k)
         return state
 
-    _updating = False
-
     def _redraw(self, change) -> None:
         if not self._updating:
             self.update(layer=self.layer, neuron=self.neuron, _layer_changed=change["name"] == "layer")
@@ -80,14 +78,7 @@ class PatchHeatmap(NeuronWidget):
         state = self._state(self.trace, layer, neuron, layer_changed=_layer_changed or new_trace or layer != self.layer)
         if new_trace:
             state["image"] = png(self.trace.image)
-        self._updating = True
-        try:
-            with self.hold_sync():
-                self.layer, self.neuron = layer, neuron
-                for key, value in state.items():
-                    setattr(self, key, value)
-        finally:
-            self._updating = False
+        self._show(layer, neuron, state)
 
     # --- what a click selects ----------------------------------------------------------------
     @property

@@ -48,19 +48,10 @@ class TokenHeatmap(NeuronWidget):
         if not self._updating:
             self.update()
 
-    _updating = False
-
     def update(self, trace=None, layer: int | None = None, neuron: int | None = None) -> None:
         """Show another trace, layer or neuron; every changed trait goes in one message."""
         self.trace = trace if trace is not None else self.trace
         layer = self.layer if layer is None else int(layer)
         neuron = self.neuron if neuron is None else int(neuron)
         state = self._state(self.trace, layer, neuron)
-        self._updating = True
-        try:
-            with self.hold_sync():
-                self.layer, self.neuron = layer, neuron
-                for key, value in state.items():
-                    setattr(self, key, value)
-        finally:
-            self._updating = False
+        self._show(layer, neuron, state)
