@@ -72,6 +72,9 @@ class Session:
             from neuronwidgets.toy import WEIGHTS_DIR
 
             path = WEIGHTS_DIR
+        if not (Path(path) / "config.json").is_file():
+            raise FileNotFoundError(f"no toy model in {str(path)!r} (config.json missing): reinstall neuronwidgets, "
+                                    "or rebuild the weights with `python -m neuronwidgets.toy.train --out <folder>`")
         session = cls.from_pretrained(path, device="cpu", dtype=torch.float32, site=site)
         session.name = "neuronwidgets-toy"
         return session

@@ -170,3 +170,10 @@ def test_generate_returns_answer_text_only(tiny_session, rgb_image):
 def test_repr_mentions_site_and_grid(tiny_session, rgb_image):
     assert "site 'act'" in repr(tiny_session)
     assert "4x4 grid" in repr(tiny_session.trace(rgb_image, PROMPT, layers=[0]))
+
+
+def test_toy_without_weights_says_how_to_rebuild(tmp_path):
+    from neuronwidgets import Session
+
+    with pytest.raises(FileNotFoundError, match="config.json missing.*neuronwidgets.toy.train"):
+        Session.toy(path=tmp_path)
