@@ -75,7 +75,15 @@ class Session:
         if not (Path(path) / "config.json").is_file():
             raise FileNotFoundError(f"no toy model in {str(path)!r} (config.json missing): reinstall neuronwidgets, "
                                     "or rebuild the weights with `python -m neuronwidgets.toy.train --out <folder>`")
-        session = cls.from_pretrained(path, device="cpu", dtype=torch.float32, site=site)
+        from transformers.utils import logging as hf_logging
+
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a 5 MB model needs no "Loading weights" bar in every notebook
+        try:
+            session = cls.from_pretrained(path, device="cpu", dtype=torch.float32, site=site)
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         session.name = "neuronwidgets-toy"
         return session
 

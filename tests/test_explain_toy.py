@@ -1,7 +1,4 @@
-"""End to end on the bundled toy LLaVA, offline: a colour neuron is explained by its colour, and the score shows it.
-
-Skipped only while the toy model's weights (Session.toy()) are not in the package yet.
-"""
+"""End to end on the bundled toy LLaVA, offline: a colour neuron is explained by its colour, and the score shows it."""
 
 from __future__ import annotations
 
@@ -10,24 +7,7 @@ import pytest
 import neuronwidgets as nw
 from neuronwidgets.explain import ConceptExplainer, ConceptSimulator, score
 
-
-def _toy_ready() -> bool:
-    """Whether Session.toy() can load: the shipped weights, or a retrained toy in NEURONWIDGETS_TOY_DIR."""
-    import os
-    from pathlib import Path
-
-    try:
-        from neuronwidgets.datasets.shapes import shapes  # noqa: F401
-        from neuronwidgets.toy import WEIGHTS_DIR
-    except ImportError:
-        return False
-    return (Path(os.environ.get("NEURONWIDGETS_TOY_DIR") or WEIGHTS_DIR) / "config.json").exists()
-
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not _toy_ready(), reason="the toy model (neuronwidgets.toy weights, Session.toy()) has not landed yet"),
-]
+pytestmark = [pytest.mark.slow]
 N_TRAIN, N_HELD = 160, 80
 
 
@@ -46,9 +26,8 @@ def toy():
 def _colour_neuron(data, index, colours):
     """The neuron whose concept explanation on image patches is one colour, with the highest IoU (then the strongest).
 
-    Candidates are the neurons whose largest activation is on an image patch. They are explained
-    as visual neurons: a colour neuron fires on the one patch its shape covers, which the paper's
-    category rule (at least 4 active patches, made for LLaVA's 576) cannot call visual on a 4x4 grid.
+    Candidates are the neurons whose largest activation is on an image patch, explained as
+    visual neurons (a colour neuron fires on the one patch its shape covers).
     """
     stats = index.stats()
     cands = stats[(stats["image_max"] > 0) & (stats["image_max"] >= stats["text_max"])]
