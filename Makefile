@@ -11,9 +11,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -e '.[dev]'
 	touch $(STAMP)
 
-## demo: collect the bundled toy model over Shapes, print what it found, export the explorer
+## demo: collect the bundled toy model over Shapes, print what it found, export the explorer,
+## then (in a terminal, unless NO_LAB=1 or CI is set) open the quickstart notebook in JupyterLab
 demo: $(STAMP)
 	$(PY) -m neuronwidgets demo --out runs/demo
+	@if [ -t 0 ] && [ -t 1 ] && [ -z "$(NO_LAB)" ] && [ -z "$$CI" ]; then \
+	  $(VENV)/bin/jupyter lab notebooks/01_quickstart.ipynb; \
+	else echo "open the quickstart notebook with: make lab"; fi
 
 ## lab: open the quickstart notebook in JupyterLab
 lab: $(STAMP)
