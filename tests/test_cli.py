@@ -170,3 +170,40 @@ def test_coco_folder_masks_and_captions(tmp_path, checkpoint):
     index = NeuronIndex.load(out)
     assert index.n_samples == 2
     assert index.dataset is not None and index.dataset[0].masks["dog"].any()
+
+
+@pytest.mark.slow
+def test_torchrun_on_the_toy_model_equals_single_process(tmp_path):
+    common = ["collect", "--model", "toy", "--data", "shapes:n=20,seed=3", "--batch-size", "4", "--text", "caption",
+              "--top-k", "5", "--random-k", "3"]
+    run([*common, "--out", str(tmp_path / "dist")], torchrun=True)
+    run([*common, "--out", str(tmp_path / "single")])
+    dist, single = NeuronIndex.load(tmp_path / "dist"), NeuronIndex.load(tmp_path / "single")
+    assert dist.model == single.model == "neuronwidgets-toy" and dist.n_samples == 20
+    assert_same(dist, single)
+
+
+def test_hugging_face_datasets_object(tiny_session):
+    datasets = pytest.importorskip("datasets", reason="the Hugging Face `datasets` package is in the dev extra")
+    from neuronwidgets.datasets import hf_dataset
+    from neuronwidgets.datasets.shapes import shapes
+
+    src = shapes(n=5, seed=1)
+    ds = datasets.Dataset.from_dict({"img": [s.image for s in src], "text": [s.caption for s in src]})
+    ds = ds.cast_column("img", datasets.Image())
+    with pytest.raises(KeyError, match="'image' not in the dataset; its columns are"):
+        hf_dataset(ds)
+    data = hf_dataset(ds, image_column="img", caption_column="text")
+    assert len(data) == 5 and data[2].caption == src[2].caption
+    assert np.array_equal(np.asarray(data[2].image.convert("RGB")), np.asarray(src[2].image.convert("RGB")))
+    index = tiny_session.collect(data, top_k=2, random_k=1, text="caption", progress=False)
+    assert index.n_samples == 5 and index.sample_id(0) == "hf-0"
+
+
+def test_lazy_samples_load_their_image_on_access(tmp_path):
+    from neuronwidgets.datasets import image_folder
+
+    folder = write_images(tmp_path / "images", 2)
+    data = image_folder(folder)
+    assert data[1].image.size == (32, 32) and data[1].get_image().size == (32, 32)
+    assert "image" not in repr(data[1])  # repr does not read the file

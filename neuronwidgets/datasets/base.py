@@ -24,6 +24,24 @@ class QA:
     prompt: str
 
 
+class _LazyImage:
+    """The `image` field: what was given, else the dataset's loader's result (read on each access, never kept)."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self._slot = "_" + name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return None  # the field's default
+        image = obj.__dict__.get(self._slot)
+        if image is None and obj.__dict__.get("load_image") is not None:
+            return obj.load_image()
+        return image
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__[self._slot] = value
+
+
 @dataclass
 class Sample:
     """An image with what we know about it.
@@ -34,7 +52,7 @@ class Sample:
     """
 
     id: str
-    image: Image.Image | None = None
+    image: Image.Image | None = _LazyImage()  # type: ignore[assignment]  # lazy datasets load it on access
     prompt: str = DESCRIBE_PROMPT
     caption: str | None = None
     qa: list[QA] = field(default_factory=list)
@@ -42,13 +60,16 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
     load_image: Callable[[], Image.Image] | None = field(default=None, repr=False)
 
+    def __repr__(self) -> str:  # without the image: a lazy sample would read it from disk
+        extra = f", caption={self.caption!r}" if self.caption else ""
+        return f"Sample(id={self.id!r}{extra}, qa={len(self.qa)}, masks={sorted(self.masks or {})})"
+
     def get_image(self) -> Image.Image:
         """The image as RGB PIL, loading it from disk when the dataset is lazy."""
-        if self.image is not None:
-            return self.image
-        if self.load_image is None:
+        image = self.image
+        if image is None:
             raise ValueError(f"sample {self.id!r} has no image")
-        return self.load_image()
+        return image
 
     def patch_masks(self, rows: int, cols: int) -> dict[str, np.ndarray]:
         """Share of each patch of a rows x cols grid that each concept covers (float32)."""
