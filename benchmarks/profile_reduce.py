@@ -1,4 +1,4 @@
-"""Profile one layer's streaming reduction at LLaVA-1.5-7B's shape (11008 neurons, 576 patches, batch 16)."""
+"""Profile one layer's streaming reduction: LLaVA-1.5-7B's shape on a GPU (11008 neurons, 576 patches, batch 16), the toy's on a CPU."""
 
 import sys
 import time
@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from neuronwidgets.reduce import LayerState  # noqa: E402
 
 dev = "cuda" if torch.cuda.is_available() else "cpu"
-N, P, Tm, B, T = (11008, 576, 64, 16, 660) if dev == "cuda" else (384, 64, 64, 32, 90)
+N, P, Tm, B, T = (11008, 576, 64, 16, 660) if dev == "cuda" else (384, 16, 64, 32, 60)
 st = LayerState(N, P, Tm, 50, 50, 10, 4, dev)
 acts = torch.randn(B, T, N, device=dev, dtype=torch.float16 if dev == "cuda" else torch.float32)
 ip = (torch.arange(P, device=dev) + 5).repeat(B, 1)
