@@ -16,8 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) -m neuronwidgets demo --out runs/demo
 	@if [ -t 0 ] && [ -t 1 ] && [ -z "$(NO_LAB)" ] && [ -z "$$CI" ]; then \
-	  $(VENV)/bin/jupyter lab notebooks/01_quickstart.ipynb; \
-	else echo "open the quickstart notebook with: make lab"; fi
+	  $(VENV)/bin/jupyter lab notebooks/01_quickstart.ipynb; fi
 
 ## lab: open the quickstart notebook in JupyterLab
 lab: $(STAMP)
