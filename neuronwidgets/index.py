@@ -26,7 +26,7 @@ from safetensors.numpy import load_file, save_file
 from neuronwidgets.records import ActivationRecord
 from neuronwidgets.reduce import HIST_EDGES, MODALITIES, LayerState, dequantize, pack4, unpack4
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: half-octave histogram bins (84), closed towards zero
 MANIFEST = "manifest.json"
 
 
@@ -78,7 +78,8 @@ def state_to_arrays(state: LayerState, random_slots: list[int]) -> tuple[dict[st
     out: dict[str, np.ndarray] = {}
     stats: dict[str, np.ndarray] = {}
     for m in MODALITIES:
-        out[f"hist_{m}"] = a[f"{m}_hist"].astype(np.int32)
+        hist = a[f"{m}_hist"]  # int32 on disk unless a bin outgrows it (billions of tokens)
+        out[f"hist_{m}"] = hist.astype(np.int32) if hist.max(initial=0) <= np.iinfo(np.int32).max else hist
         out[f"tok_{m}_value"] = a[f"tok_{m}_value"]
         out[f"tok_{m}_sample"] = a[f"tok_{m}_sample"].astype(np.int32)
         out[f"tok_{m}_pos"] = a[f"tok_{m}_pos"].astype(np.int16)
@@ -315,7 +316,8 @@ class NeuronIndex:
         """(edges, counts) over fixed bins; the first and last bins are open-ended."""
         if modality not in MODALITIES:
             raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
-        return HIST_EDGES.copy(), self._layer(layer)[f"hist_{modality}"][self._check_neuron(neuron)].astype(np.int64)
+        edges = np.asarray(self.manifest.get("hist_edges", HIST_EDGES), np.float64)
+        return edges, self._layer(layer)[f"hist_{modality}"][self._check_neuron(neuron)].astype(np.int64)
 
     # --- records ---------------------------------------------------------------------
     def _sample_rows(self) -> dict[int, tuple[str, list[str]]]:

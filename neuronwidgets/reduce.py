@@ -11,9 +11,36 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-#: Fixed histogram edges, symmetric and geometric: bins must not depend on the data to merge.
-HIST_EDGES = np.concatenate([-np.geomspace(1e3, 1e-3, 31), [0.0], np.geomspace(1e-3, 1e3, 31)])
+#: Fixed histogram edges, symmetric and geometric (bins must not depend on the data, so
+#: histograms merge by adding): half octaves, +-2^(k/2) for k = -20..20 (about 0.001 to 1024),
+#: and 0. A value's bin is found from its float exponent (`hist_bins`), several times faster
+#: than a binary search over the edges.
+_HALF_OCTAVES = 20
+_POS_EDGES = 2.0 ** (np.arange(-_HALF_OCTAVES, _HALF_OCTAVES + 1) / 2)
+HIST_EDGES = np.concatenate([-_POS_EDGES[::-1], [0.0], _POS_EDGES])
 N_BINS = len(HIST_EDGES) + 1
+_N_POS = len(_POS_EDGES)
+# The smallest float32 mantissa at or above sqrt(1/2): m >= it exactly when m >= sqrt(1/2).
+_SQRT_HALF = np.float32(np.sqrt(0.5))
+if float(_SQRT_HALF) < np.sqrt(0.5):
+    _SQRT_HALF = np.nextafter(_SQRT_HALF, np.float32(1))
+_SQRT_HALF = float(_SQRT_HALF)
+
+
+def hist_bins(x: torch.Tensor) -> torch.Tensor:
+    """The histogram bin (int32) of every value of a float32 tensor, bins closed towards zero.
+
+    Equal to np.searchsorted(HIST_EDGES, x, side="right") for x > 0 and side="left" for
+    x <= 0, computed from frexp's exact exponent and mantissa instead of a search (in int32,
+    in place: each pass over the batch costs).
+    """
+    a = x.abs().clamp_(max=float(_POS_EDGES[-1]) * 2)  # inf -> beyond the last edge
+    mantissa, exponent = torch.frexp(a)  # a = mantissa * 2**exponent, mantissa in [0.5, 1)
+    # c: the number of positive edges <= a (the largest k with 2^(k/2) <= a is 2e - 2 + [m >= sqrt 1/2]).
+    c = (exponent * 2 + (mantissa >= _SQRT_HALF).to(torch.int32)).add_(_HALF_OCTAVES - 1).clamp_(0, _N_POS)
+    c.masked_fill_(a == 0, 0)
+    positive = (x > 0).to(torch.int32)
+    return c.mul_(positive * 2 - 1).add_(positive).add_(_N_POS)  # x > 0: N_POS + 1 + c; else N_POS - c
 MODALITIES = ("image", "text")
 
 
@@ -82,8 +109,7 @@ class LayerState:
         self.t["random_value"] = torch.zeros((random_k, n), dtype=torch.float32, device=dev)
         self.t["random_image_codes"] = torch.zeros((random_k, n, self.P), dtype=torch.uint8, device=dev)
         self.t["random_text_codes"] = torch.zeros((random_k, n, self.Tm), dtype=torch.uint8, device=dev)
-        self._edges = torch.tensor(HIST_EDGES, dtype=torch.float32, device=dev)
-        self._bin_offsets = torch.arange(n, device=dev)[None, :] * N_BINS
+        self._bin_offsets = torch.arange(n, device=dev, dtype=torch.int32)[None, :] * N_BINS
 
     # --- one batch -----------------------------------------------------------
     def update(self, acts: torch.Tensor, image_pos: torch.Tensor, text_pos: torch.Tensor, text_valid: torch.Tensor,
@@ -118,7 +144,7 @@ class LayerState:
             # Per-batch partial sums in float32 (cheap on any device), accumulated in float64.
             t[f"{m}_sum"] += flat.sum(0).double()
             t[f"{m}_sumsq"] += (flat * flat).sum(0).double()
-            offs = torch.bucketize(flat, self._edges).add_(self._bin_offsets)
+            offs = hist_bins(flat).add_(self._bin_offsets)
             t[f"{m}_hist"] += torch.bincount(offs.view(-1), minlength=self.n * N_BINS).view(self.n, N_BINS)
         # token exemplars per modality: key = sample * (slots + 1) + position
         for m, vals, w, slots_ in (("image", img, self.P, self.P), ("text", txt_ninf, width, self.Tm)):

@@ -83,7 +83,9 @@ def test_stats_topk_and_exemplars_equal_brute_force(tiny_session, data, one_pass
         for neuron in (0, 7, 31):
             assert index.neuron_max(layer, neuron) == pytest.approx(sample_max[:, neuron].max(), abs=1e-6)
             edges, counts = index.histogram(layer, neuron, "image")
-            expected = np.bincount(np.searchsorted(HIST_EDGES, img[:, neuron], side="left"), minlength=len(HIST_EDGES) + 1)
+            v = img[:, neuron]  # bins are closed towards zero
+            bins = np.where(v > 0, np.searchsorted(HIST_EDGES, v, side="right"), np.searchsorted(HIST_EDGES, v, side="left"))
+            expected = np.bincount(bins, minlength=len(HIST_EDGES) + 1)
             np.testing.assert_array_equal(counts, expected)
             order = sorted(range(len(data)), key=lambda s: (-sample_max[s, neuron], s))[: KW["top_k"]]
             records = index.records(layer, neuron)
