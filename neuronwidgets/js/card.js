@@ -32,7 +32,7 @@ export function renderCard(container, card, urls) {
   const text = h("p", "nw-card-text", head.text ? head.text : "(no explanation text)");
   if (!head.text) text.classList.add("nw-muted");
   box.appendChild(text);
-  const meta = [head.explainer, head.model, head.prompt_version ? `prompt ${head.prompt_version}` : null].filter(Boolean);
+  const meta = [head.explainer, head.model !== head.explainer ? head.model : null, head.prompt_version ? `prompt ${head.prompt_version}` : null].filter(Boolean);
   if (meta.length) box.appendChild(h("div", "nw-card-meta", meta.join(" \u00b7 ")));
 
   box.appendChild(scoreBlock(card.score || {}));
