@@ -25,19 +25,20 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    finish_reason: str = "stop"
 
 
 def default_responder(body: dict[str, Any]) -> str:
     return "ok"
 
 
-def completion(text: str, model: str, prompt_tokens: int = 11, completion_tokens: int = 7) -> dict[str, Any]:
+def completion(text: str, model: str, prompt_tokens: int = 11, completion_tokens: int = 7, finish_reason: str = "stop") -> dict[str, Any]:
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion",
         "created": 0,
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
     }
 
@@ -79,7 +80,7 @@ class FakeLLMServer:
                         time.sleep(reply.delay)
                     if reply.status != 200:
                         return self._send(reply.status, {"error": {"message": f"status {reply.status}", "type": "test"}}, reply.headers)
-                    return self._send(200, completion(reply.text, body.get("model", "")), reply.headers)
+                    return self._send(200, completion(reply.text, body.get("model", ""), finish_reason=reply.finish_reason), reply.headers)
                 finally:
                     with server.lock:
                         server.in_flight -= 1

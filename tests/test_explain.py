@@ -310,3 +310,76 @@ def test_hand_written_explanation_scores_beside_a_concept_baseline(world):
     result = score(exp, index, simulator=ConceptSimulator(held), holdout=held)
     assert result.score >= 0.9 and result.baseline <= 0.2
     assert result.baseline_explanation.explainer == "concept" and "ConceptExplainer" in result.notes[0]
+
+
+def test_explain_all_keeps_finished_rows_when_a_worker_fails(world, tmp_path):
+    """An unexpected error stops the batch at once (queued neurons are cancelled) and what finished is saved."""
+    import threading
+    import time
+
+    data, index, _ = world
+    calls = []
+    lock = threading.Lock()
+
+    class Flaky:
+        name = "flaky"
+        prompt_version = "v1"
+
+        def explain(self, index, layer, neuron, category=None):
+            with lock:
+                calls.append(neuron)
+            if neuron == 1:
+                time.sleep(0.05)
+                raise RuntimeError("the explainer broke")
+            time.sleep(0.01 if neuron == 0 else 0.3)
+            return Explanation(layer, neuron, category="visual", text=f"n{neuron}", explainer="flaky")
+
+    file = tmp_path / "table.parquet"
+    with pytest.raises(RuntimeError, match="the explainer broke"):
+        explain_all(index, neurons=[(0, n) for n in range(6)], explainer=Flaky(), path=file, progress=False, workers=2)
+    saved = pd.read_parquet(file)
+    assert (0, 0) in set(zip(saved.layer, saved.neuron)) and saved.loc[saved.neuron == 0, "text"].iloc[0] == "n0"
+    assert len(calls) < 6  # the neurons still queued were cancelled, not run
+
+
+def test_explain_all_does_not_rescore_a_nan_score(world, tmp_path):
+    data, index, held = world
+
+    class Constant:
+        """A simulator that predicts the same value everywhere: the score is NaN, a result all the same."""
+
+        calls = 0
+
+        def simulate(self, explanation, item, modality="image", **kw):
+            Constant.calls += 1
+            return np.zeros(item.values(modality).shape)
+
+    file = tmp_path / "table.parquet"
+    kw = dict(neurons=[(0, RED)], explainer=ConceptExplainer(data), simulator=Constant(), holdout=held, path=file,
+              progress=False, n_top=3, n_random=3)
+    first = explain_all(index, **kw)
+    assert np.isnan(first["score"].iloc[0]) and first["simulator"].notna().all()
+    n = Constant.calls
+    explain_all(index, **kw)
+    assert Constant.calls == n
+
+
+def test_concept_search_skips_tokens_that_cannot_be_terms(world):
+    """A token such as "f(x)" is left out of the formulas instead of breaking the search."""
+    import dataclasses
+
+    data, _, _ = world
+    idx = FakeIndex(data[:40], top_k=12, random_k=6)
+    for key, recs in idx._records.items():  # the word neuron's word becomes "f(x)"
+        idx._records[key] = [dataclasses.replace(r, text_tokens=["f(x)" if w.strip() == "square" else w for w in r.text_tokens])
+                             for r in recs]
+    exp = ConceptExplainer().explain(idx, 0, WORD)
+    assert "(" not in exp.text
+    assert fm.is_term("square") and not fm.is_term("f(x") and not fm.is_term("a AND b")
+
+
+def test_pearson_ignores_non_finite_pairs():
+    from neuronwidgets.explain.scoring import pearson
+
+    assert pearson([1, 2, 3, np.inf], [1, 2, 3, 0]) == pytest.approx(1.0)
+    assert np.isnan(pearson([1, 1, 1], [1, 2, 3]))

@@ -211,3 +211,19 @@ def test_llm_explain_all_writes_no_key_anywhere(llm_server, world, tmp_path, mon
     for p in written:
         assert SECRET.encode() not in p.read_bytes(), p
     assert SECRET not in repr(client) and SECRET not in table.to_json()
+
+
+def test_simulator_asks_for_room_for_a_large_grid(llm_server, tmp_path):
+    """LLaVA-1.5's 24x24 grid needs ~1,700 reply tokens: more than the client's default max_tokens."""
+    from PIL import Image
+
+    from neuronwidgets.datasets.base import Sample
+
+    llm_server.responder = fake_model
+    client = _client(llm_server, tmp_path)
+    sample = Sample(id="big", image=Image.new("RGB", (336, 336), (200, 30, 30)))
+    out = Simulator(client).simulate(Explanation(0, 0, text="red"), sample, "image", sample=sample, grid=(24, 24))
+    assert out.shape == (576,)
+    assert llm_server.requests[-1]["max_tokens"] >= 4 * 576
+    small = Simulator(client).simulate(Explanation(0, 0, text="red"), sample, "image", sample=sample, grid=(4, 4))
+    assert small.shape == (16,) and llm_server.requests[-1]["max_tokens"] == 1024

@@ -121,3 +121,30 @@ def test_api_key_is_never_written(llm_server, tmp_path, monkeypatch, caplog):
     import pickle
 
     assert SECRET.encode() not in pickle.dumps(client)
+
+
+def test_cut_off_or_empty_replies_are_not_cached(llm_server, tmp_path):
+    client = _client(llm_server, tmp_path)
+    llm_server.script(Reply(text='{"activations": [1, 2', finish_reason="length"), Reply(text=""))
+    assert client.chat(_messages()).text.startswith('{"activations"')
+    assert client.chat(_messages()).text == ""  # asked again: the cut-off reply was not kept
+    assert client.chat(_messages()).text == "ok"  # and again: the empty one was not kept either
+    assert client.chat(_messages()).cached and len(llm_server.requests) == 3
+
+
+def test_key_covers_every_request_parameter_but_the_connection(tmp_path):
+    client = OpenAIClient(model="m", cache_dir=tmp_path / "c")
+    base = client.key(_messages())
+    assert client.key(_messages(), extra_body={"top_k": 5}) != base
+    assert client.key(_messages(), tools=[{"type": "function", "function": {"name": "f"}}]) != base
+    assert client.key(_messages(), extra_headers={"api-key": SECRET}, timeout=3) == base
+
+
+def test_copies_leave_credentials_in_headers_behind(tmp_path):
+    import copy
+    import pickle
+
+    client = OpenAIClient(model="m", api_key=SECRET, cache_dir=tmp_path / "c", default_headers={"api-key": SECRET},
+                          extra_headers={"Authorization": f"Bearer {SECRET}"})
+    for other in (copy.deepcopy(client), pickle.loads(pickle.dumps(client))):
+        assert SECRET not in repr(other.__dict__)

@@ -123,7 +123,8 @@ def explain_all(index, neurons=None, explainer=None, simulator=None, *, holdout=
         _run(pending, explain_one, workers, rows, file, save_every, bar, client)
         if simulator is not None:
             table = _save(rows, None)
-            scoring = [k for k in todo if k in rows and _isnull(rows[k].get("error")) and _isnull(rows[k].get("score"))]
+            # Scored means the simulator column is set: a NaN score (a constant simulation) is a result too.
+            scoring = [k for k in todo if k in rows and _isnull(rows[k].get("error")) and _isnull(rows[k].get("simulator"))]
             bar.reset(total=len(todo))
             bar.update(len(todo) - len(scoring))
             bar.set_description("score")
@@ -178,6 +179,20 @@ def _run(keys, fn, workers, rows, file, save_every, bar, client) -> None:
         for k in keys:
             store(*fn(k))
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for fut in as_completed([pool.submit(fn, k) for k in keys]):
+    pool = ThreadPoolExecutor(max_workers=workers)
+    futures = [pool.submit(fn, k) for k in keys]
+    stored = set()
+    try:
+        for fut in as_completed(futures):
             store(*fut.result())
+            stored.add(fut)
+    except BaseException:
+        # An unexpected error or Ctrl-C: cancel what has not started, keep what has finished
+        # (the caller saves the table), and re-raise.
+        pool.shutdown(wait=True, cancel_futures=True)
+        for fut in futures:
+            if fut not in stored and fut.done() and not fut.cancelled() and fut.exception() is None:
+                store(*fut.result())
+        raise
+    finally:
+        pool.shutdown(wait=False)

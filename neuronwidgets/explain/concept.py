@@ -107,7 +107,8 @@ class ConceptExplainer:
             words = sorted({t for t in toks if any(ch.isalnum() for ch in t)})
             arr = np.asarray(toks, dtype=object)
             blocks.append((act, {w: arr == w for w in words}, act.size))
-        names = sorted({c for _, pres, _ in blocks for c in pres} - self.exclude)
+        # A token such as "f(x)" cannot be a formula term: left out rather than mis-parsed.
+        names = sorted(c for c in {c for _, pres, _ in blocks for c in pres} - self.exclude if fm.is_term(c))
         full = {c: np.concatenate([pres.get(c, np.zeros(n, bool)) for _, pres, n in blocks]) for c in names}
         return records, np.concatenate([a for a, _, _ in blocks]), full
 

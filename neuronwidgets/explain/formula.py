@@ -17,6 +17,11 @@ def normalize(name: str) -> str:
     return re.sub(r"^[\W_]+|[\W_]+$", "", str(name).strip().lower())
 
 
+def is_term(name: str) -> bool:
+    """Whether a name can stand in a formula as one term (no parentheses, no AND/OR/NOT)."""
+    return bool(name) and not _SPLIT.search(name)
+
+
 def parse(text: str) -> Formula:
     """Parse a formula; AND and OR bind left to right, NOT binds tightest, parentheses group."""
     tokens = [t.strip() for t in _SPLIT.split(text) if t.strip()]

@@ -31,6 +31,9 @@ def pearson(a, b) -> float:
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     if a.size != b.size:
         raise ValueError(f"cannot correlate {a.size} with {b.size} values")
+    finite = np.isfinite(a) & np.isfinite(b)  # one inf (an fp16 overflow) must not void the whole score
+    if not finite.all():
+        a, b = a[finite], b[finite]
     if a.size < 2:
         return float("nan")
     a, b = a - a.mean(), b - b.mean()

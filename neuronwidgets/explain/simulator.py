@@ -143,15 +143,22 @@ class Simulator:
             raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
         return self._ask(messages, shape)
 
+    def _reply_budget(self, shape: tuple[int, ...]) -> dict[str, Any]:
+        """max_tokens large enough for the whole answer (a 24x24 grid is ~1,700 tokens of digits and commas)."""
+        limit = getattr(self.client, "params", {}).get("max_tokens")
+        needed = 4 * int(np.prod(shape)) + 64
+        return {"max_tokens": needed} if limit is not None and limit < needed else {}
+
     def _ask(self, messages: list[dict[str, Any]], shape: tuple[int, ...]) -> np.ndarray:
-        reply = self.client.chat(messages, prompt_version=self.prompt_version).text
+        budget = self._reply_budget(shape)
+        reply = self.client.chat(messages, prompt_version=self.prompt_version, **budget).text
         try:
             return parse_activations(reply, shape)
         except ValueError as err:
             problem = str(err)
             if not self.reask:
                 raise SimulationParseError(f"simulator reply could not be parsed: {problem}; reply: {reply[:200]!r}", reply) from err
-        second = self.client.chat(reask_messages(messages, reply, problem), prompt_version=self.prompt_version).text
+        second = self.client.chat(reask_messages(messages, reply, problem), prompt_version=self.prompt_version, **budget).text
         try:
             return parse_activations(second, shape)
         except ValueError as err:

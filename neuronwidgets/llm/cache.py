@@ -32,6 +32,15 @@ SAMPLING_PARAMS = (
 )
 
 
+#: Request parameters that only say how to connect (and may carry credentials): never in a key.
+CONNECTION_PARAMS = ("extra_headers", "extra_query", "timeout")
+
+
+def key_params(params: dict[str, Any]) -> dict[str, Any]:
+    """What of a request's parameters goes into its key: everything but the connection, sorted."""
+    return {k: params[k] for k in sorted(params) if k not in CONNECTION_PARAMS and params[k] is not None}
+
+
 def default_cache_dir() -> Path:
     """$NEURONWIDGETS_CACHE/llm, else $XDG_CACHE_HOME/neuronwidgets/llm, else ~/.cache/neuronwidgets/llm."""
     root = os.environ.get("NEURONWIDGETS_CACHE")
@@ -47,7 +56,7 @@ def request_key(model: str, messages: list[dict[str, Any]], params: dict[str, An
     payload = {
         "model": model,
         "messages": messages,
-        "params": {k: params[k] for k in sorted(params) if k in SAMPLING_PARAMS and params[k] is not None},
+        "params": key_params(params),  # sampling, response format, extra_body, tools...: all change the reply
         "prompt_version": prompt_version,
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)

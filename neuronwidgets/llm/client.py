@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
-from neuronwidgets.llm.cache import SAMPLING_PARAMS, DiskCache, request_key
+from neuronwidgets.llm.cache import CONNECTION_PARAMS, SAMPLING_PARAMS, DiskCache, request_key
 from neuronwidgets.llm.errors import LLMRequestError
 from neuronwidgets.llm.messages import count_images
 
@@ -162,6 +162,8 @@ class OpenAIClient:
         """Copies and pickles leave the API key and the connection behind (the key is read from the environment again)."""
         state = {k: v for k, v in self.__dict__.items() if k not in ("_api_key", "_client", "_lock", "_slots", "_sleep", "_http_client")}
         state["_api_key"] = None
+        state["_default_headers"] = None  # custom headers may carry credentials too (Azure's api-key, a proxy's)
+        state["params"] = {k: v for k, v in self.params.items() if k not in CONNECTION_PARAMS}
         return state
 
     def __setstate__(self, state):
@@ -186,7 +188,8 @@ class OpenAIClient:
                     self.usage.cache_hits += 1
                 return ChatReply(entry["text"], entry.get("response_model") or self.model, True, key, entry.get("finish_reason"), entry.get("usage") or {})
         reply = self._send(messages, params, key)
-        if self.cache is not None:
+        # A reply cut off by max_tokens, or an empty one, is not kept: a rerun asks again.
+        if self.cache is not None and reply.text and reply.finish_reason != "length":
             self.cache.put(
                 key,
                 {
