@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import threading
 from pathlib import Path
 from typing import Any, ClassVar
@@ -81,6 +82,15 @@ class NeuronWidget(anywidget.AnyWidget):
 
 
 # --- payloads -----------------------------------------------------------------------------
+def finite(value) -> float | None:
+    """A float, or None for what is missing, not a number or not finite (JSON has no NaN)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def f32(values) -> bytes:
     """float32 little-endian bytes (read in the browser as Float32Array via DataView)."""
     return np.ascontiguousarray(np.asarray(values, dtype="<f4")).tobytes()

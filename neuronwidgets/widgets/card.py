@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import traitlets as t
 
-from neuronwidgets.widgets._base import NeuronWidget, f32, i32, neuron_max, png
+from neuronwidgets.widgets._base import NeuronWidget, f32, finite, i32, neuron_max, png
 
 HEADER_FIELDS = ("layer", "neuron", "category", "text", "explainer", "model", "concept", "prompt_version")
 EXEMPLAR_IMAGE_SIDE = 128
@@ -22,14 +22,6 @@ def _get(obj, name, default=None):
     if isinstance(obj, dict) or (hasattr(obj, "get") and hasattr(obj, "index") and not hasattr(obj, "__dataclass_fields__")):
         return obj.get(name, default)
     return getattr(obj, name, default)
-
-
-def _num(value) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 def header_of(explanation) -> dict[str, Any]:
@@ -46,7 +38,7 @@ def header_of(explanation) -> dict[str, Any]:
 def score_of(score, explanation=None) -> dict[str, Any]:
     """{score, baseline, kinds} from a ScoreResult, a number, a dict, or the score columns of a table row."""
     if score is None:
-        if _num(_get(explanation, "score")) is None:
+        if finite(_get(explanation, "score")) is None:
             return {}
         score = {
             "score": _get(explanation, "score"),
@@ -54,10 +46,10 @@ def score_of(score, explanation=None) -> dict[str, Any]:
             "scores": {k: _get(explanation, f"score_{k}") for k in ("top", "random")},
         }
     if isinstance(score, (int, float, np.floating)):
-        return {"score": _num(score)} if _num(score) is not None else {}
+        return {"score": finite(score)} if finite(score) is not None else {}
     kinds = _get(score, "scores") or _get(score, "kinds") or {}
-    out = {"score": _num(_get(score, "score")), "baseline": _num(_get(score, "baseline"))}
-    out["kinds"] = {str(k): _num(v) for k, v in dict(kinds).items()}
+    out = {"score": finite(_get(score, "score")), "baseline": finite(_get(score, "baseline"))}
+    out["kinds"] = {str(k): finite(v) for k, v in dict(kinds).items()}
     return {k: v for k, v in out.items() if v is not None}
 
 

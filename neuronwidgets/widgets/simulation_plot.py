@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import traitlets as t
 
-from neuronwidgets.widgets._base import NeuronWidget, f32, i32
+from neuronwidgets.explain.scoring import pearson as scoring_pearson
+from neuronwidgets.widgets._base import NeuronWidget, f32, finite, i32
 
 POINTS, FOCUS = "points", "focus"
 
@@ -58,22 +59,8 @@ def chart_spec() -> dict:
 
 
 def pearson(a, b) -> float | None:
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    if a.size < 2:
-        return None
-    a, b = a - a.mean(), b - b.mean()
-    denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / denom) if denom > 0 else None
-
-
-def _finite(x) -> float | None:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
+    """The score's Pearson correlation (non-finite pairs left out), None where it is undefined."""
+    return finite(scoring_pearson(a, b))
 
 
 def sim_state(inputs: list[dict[str, Any]], *, grid=None, real_max: float | None = None, status: str = "") -> dict[str, Any]:
@@ -101,7 +88,7 @@ def sim_state(inputs: list[dict[str, Any]], *, grid=None, real_max: float | None
         sizes = {int(x.size) for x, m in zip(real, meta) if m["modality"] == "image"}
         side = int(round(math.sqrt(next(iter(sizes))))) if len(sizes) == 1 else 0
         grid = [side, side] if side and side * side in sizes else [0, 0]
-    top = _finite(real_max)
+    top = finite(real_max)
     if top is None or top <= 0:
         top = float(np.nanmax(real_all)) if real_all.size and np.nanmax(real_all) > 0 else 1.0
     return {
@@ -178,8 +165,8 @@ class SimulationPlot(NeuronWidget):
             inputs = inputs_from_result(result)
             exp = result.explanation
             if title is None:
-                base = f" vs baseline {result.baseline:.2f}" if _finite(result.baseline) is not None else ""
-                score = f"{result.score:.2f}" if _finite(result.score) is not None else "n/a"
+                base = f" vs baseline {result.baseline:.2f}" if finite(result.baseline) is not None else ""
+                score = f"{result.score:.2f}" if finite(result.score) is not None else "n/a"
                 title = f"layer {exp.layer} neuron {exp.neuron}: score {score}{base} \u2014 {exp.text}"
         state = sim_state(inputs or [], grid=grid, real_max=real_max)
         state["title"] = title or ""
