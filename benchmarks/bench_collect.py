@@ -101,23 +101,27 @@ def disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def llava_shape_bytes_per_neuron(top_k=50, random_k=10, max_text=64, n=512) -> dict:
-    """Bytes per neuron of one saved layer at LLaVA-1.5's shape (576 patches), filled with random data."""
+def llava_shape_bytes_per_neuron(top_k=50, map_k=30, random_k=10, max_text=64, n=512) -> dict:
+    """Bytes per neuron of one saved layer at LLaVA-1.5's shape (576 patches), filled with random codes.
+
+    Random codes are the worst case for size (nothing here is compressed, so it is also the
+    exact size for any data); stats.parquet is counted at its raw column width.
+    """
     from neuronwidgets.index import state_to_arrays
     from neuronwidgets.reduce import LayerState
     from safetensors.numpy import save_file
 
     out = {}
-    for rk in (random_k, 0):
+    for mk, rk in ((map_k, random_k), (map_k, 0), (top_k, random_k)):
         st = LayerState(n, 576, max_text, top_k, top_k, rk, 4)
         g = torch.Generator().manual_seed(0)
         for k in ("top_image_codes", "top_text_codes", "random_image_codes", "random_text_codes"):
             st.t[k] = torch.randint(0, 16, st.t[k].shape, generator=g, dtype=torch.uint8)
-        arrays, stats = state_to_arrays(st, list(range(rk)))
+        arrays, stats = state_to_arrays(st, list(range(rk)), mk)
         with tempfile.TemporaryDirectory() as tmp:
             save_file(arrays, f"{tmp}/l.safetensors")
             size = os.path.getsize(f"{tmp}/l.safetensors") + sum(v.nbytes for v in stats.values())
-        out[f"random_k={rk}"] = size / n
+        out[f"map_k={mk},random_k={rk}"] = size / n
     return out
 
 

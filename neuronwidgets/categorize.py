@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from neuronwidgets.records import discretize
-from neuronwidgets.reduce import unpack4
 
 LABELS = ("visual", "text", "multi-modal", "unactivated")
 CATEGORIES = ("visual", "text", "multi-modal", "unactivated", "inactive")
@@ -38,6 +37,10 @@ def sample_labels(image_levels: np.ndarray, text_levels: np.ndarray, *, visual_t
     """Label each sample from its 0-10 levels: image [..., patches], text [..., tokens] -> str array [...]."""
     visual = (np.asarray(image_levels) > visual_threshold).sum(-1) >= visual_min_patches
     text = (np.asarray(text_levels) > text_threshold).sum(-1) >= text_min_tokens
+    return _label(visual, text)
+
+
+def _label(visual: np.ndarray, text: np.ndarray) -> np.ndarray:
     return np.where(visual & text, "multi-modal", np.where(visual, "visual", np.where(text, "text", "unactivated")))
 
 
@@ -60,7 +63,7 @@ def categorize(index, rule: str = "paper", *, top_n: int | None = None, visual_t
         share, share_bal, base = _image_share(arrays, st, top_n)
         df = pd.DataFrame({"layer": layer, "neuron": np.arange(n)})
         if rule == "paper":
-            counts = _paper_counts(index, arrays, gmax, top_n, visual_threshold, visual_min_patches, text_threshold, text_min_tokens)
+            counts = _paper_counts(index, layer, arrays, gmax, top_n, visual_threshold, visual_min_patches, text_threshold, text_min_tokens)
             for label in LABELS:
                 df[f"n_{label.replace('-', '')}"] = counts[label]
             stacked = np.stack([counts[label] for label in LABELS], 1)
@@ -79,21 +82,21 @@ def categorize(index, rule: str = "paper", *, top_n: int | None = None, visual_t
     return out[cols]
 
 
-def _paper_counts(index, arrays, gmax, top_n, vt, vmin, tt, tmin) -> dict[str, np.ndarray]:
+def _paper_counts(index, layer, arrays, gmax, top_n, vt, vmin, tt, tmin) -> dict[str, np.ndarray]:
+    """Per neuron, how many of its top_n samples carry each label, from the samples' code histograms."""
     m = index.manifest
-    bits, P, Tm = m["map_bits"], m["n_patches"], m["max_text_tokens"]
-    q = (1 << bits) - 1
-    img = arrays["top_image_codes"][:, :top_n]
-    txt = arrays["top_text_codes"][:, :top_n]
-    if bits == 4:
-        img, txt = unpack4(img, P), unpack4(txt, Tm)
+    q = (1 << m["map_bits"]) - 1
     value = arrays["top_value"][:, :top_n].astype(np.float64)
     valid = arrays["top_sample"][:, :top_n] >= 0
     scale = np.maximum(np.where(valid, value, 0.0), 0.0)[:, :, None] / q
-    top = gmax[:, None, None]
-    labels = sample_labels(discretize(img * scale, top), discretize(txt * scale, top),
-                           visual_threshold=vt, visual_min_patches=vmin, text_threshold=tt, text_min_tokens=tmin)
-    labels = np.where(valid, labels, "")
+    code_values = np.arange(1, q + 1, dtype=np.uint8)[None, None, :] * scale  # the value each code 1..q stands for
+    levels = discretize(code_values, gmax[:, None, None])  # [N, top_n, q]
+    above = {}
+    for modality, threshold in (("image", vt), ("text", tt)):
+        hist = index.top_code_histograms(layer, modality)[:, :top_n]
+        above[modality] = (hist * (levels > threshold)).sum(-1)  # patches / tokens above the threshold
+    visual, text = above["image"] >= vmin, above["text"] >= tmin
+    labels = np.where(valid, _label(visual, text), "")
     return {label: (labels == label).sum(1) for label in LABELS}
 
 

@@ -54,7 +54,7 @@ def cmd_collect(args) -> int:
         for s in data:
             s.prompt = args.prompt
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
-    kw = dict(layers=layers, top_k=args.top_k, random_k=args.random_k, batch_size=args.batch_size, text=args.text,
+    kw = dict(layers=layers, top_k=args.top_k, random_k=args.random_k, map_k=args.map_k, batch_size=args.batch_size, text=args.text,
               max_text_tokens=args.max_text_tokens, seed=args.seed, overwrite=args.overwrite, map_bits=args.map_bits,
               checkpoint_every=args.checkpoint_every)
     settings = {"model": session.name, "site": session.site, "data": getattr(data, "fingerprint", args.data), "n": len(data),
@@ -92,7 +92,7 @@ def cmd_info(args) -> int:
     index = NeuronIndex.load(args.index)
     print(index)
     m = index.manifest
-    for key in ("model", "site", "text", "top_k", "random_k", "map_bits", "n_samples"):
+    for key in ("model", "site", "text", "top_k", "map_k", "random_k", "map_bits", "n_samples"):
         print(f"  {key:10s} {m.get(key)}")
     print(f"  dataset    {m.get('dataset', {}).get('fingerprint')}")
     import pandas as pd
@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--layers", help="comma-separated layer ids (default: all)")
     c.add_argument("--top-k", type=int, default=50)
     c.add_argument("--random-k", type=int, default=10)
+    c.add_argument("--map-k", type=int, default=30, help="top samples that keep their maps (the rest keep histograms)")
     c.add_argument("--batch-size", type=int, default=16)
     c.add_argument("--text", default="generate", choices=["generate", "caption", "prompt"])
     c.add_argument("--max-text-tokens", type=int, default=64)

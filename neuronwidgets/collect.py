@@ -24,12 +24,12 @@ from neuronwidgets.session import token_texts
 
 TEXT_SOURCES = ("generate", "caption", "prompt")
 #: Manifest keys that must match for a folder to be resumed or reused.
-RUN_KEYS = ("model", "site", "layers", "n_neurons", "grid", "text", "top_k", "token_k", "random_k", "map_bits",
+RUN_KEYS = ("model", "site", "layers", "n_neurons", "grid", "text", "top_k", "token_k", "random_k", "map_k", "map_bits",
             "max_text_tokens", "batch_size", "seed", "dataset", "positions")
 
 
 def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int = 50, token_k: int | None = None,
-            random_k: int = 10, batch_size: int = 16, path: str | Path | None = None, text: str = "generate",
+            random_k: int = 10, map_k: int | None = 30, batch_size: int = 16, path: str | Path | None = None, text: str = "generate",
             max_text_tokens: int = 64, map_bits: int = 4, checkpoint_every: int = 20, indices: Sequence[int] | None = None,
             seed: int = 0, overwrite: bool = False, progress: bool = True) -> NeuronIndex:
     """Record `layers` (default all) over `dataset` and return its NeuronIndex.
@@ -37,12 +37,17 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
     text: which tokens count as text tokens, as in the paper: "generate" (the model's own
     greedy answer to the sample's prompt, fed back in one pass; the default), "caption" (the
     dataset's caption read after the prompt) or "prompt" (the prompt's own text tokens).
+    map_k: how many of the top_k samples keep their patch and text maps (the best ones: what
+    cards, explainers and scorers read; None keeps all). The rest keep their value and a
+    histogram of their map codes, enough for the categories, at a seventh of the bytes.
     indices: the dataset positions to process (shards); sample numbers are dataset positions.
     """
     if text not in TEXT_SOURCES:
         raise ValueError(f"text must be one of {TEXT_SOURCES}, got {text!r}")
     if map_bits not in (4, 8):
         raise ValueError(f"map_bits must be 4 or 8, got {map_bits!r}")
+    if map_k is not None and map_k < 0:
+        raise ValueError(f"map_k must be >= 0 (or None for all top_k samples), got {map_k!r}")
     samples = as_samples(dataset)
     layers = session.check_layers(layers)
     positions = list(range(len(samples))) if indices is None else [int(i) for i in indices]
@@ -60,6 +65,7 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
         "n_patches": rows * cols,
         "text": text,
         "top_k": top_k,
+        "map_k": top_k if map_k is None else min(map_k, top_k),
         "token_k": token_k or top_k,
         "random_k": random_k,
         "map_bits": map_bits,
@@ -158,7 +164,7 @@ def in_memory_index(manifest: dict, state: dict[int, LayerState], samples: pd.Da
     manifest = {**manifest, "random_samples": [int(s) for _, s, _ in canon], "n_samples": int(len(samples))}
     arrays, frames = {}, []
     for layer, st in sorted(state.items()):
-        arrays[layer], stats = state_to_arrays(st, [slot for _, _, slot in canon])
+        arrays[layer], stats = state_to_arrays(st, [slot for _, _, slot in canon], manifest.get("map_k"))
         frames.append(pd.DataFrame({"layer": layer, "neuron": np.arange(st.n), **stats}))
     return NeuronIndex(None, manifest, samples, pd.concat(frames, ignore_index=True), arrays=arrays, dataset=dataset)
 

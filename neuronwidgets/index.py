@@ -5,8 +5,9 @@ A folder holds:
   samples.parquet          one row per sample: its id and its text tokens
   stats.parquet            per neuron and modality: count, sum, sum of squares, max
   layers/layer_NNN.safetensors
-                           histograms, top-k samples (value, sample, quantised patch and
-                           text maps), top token exemplars per modality, random records
+                           histograms, top-k samples (value, sample; quantised patch and
+                           text maps for the best map_k, code histograms for the rest),
+                           top token exemplars per modality, random records
 No pickle anywhere: a folder received from someone else is safe to open.
 """
 
@@ -20,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from neuronwidgets.records import ActivationRecord
-from neuronwidgets.reduce import HIST_EDGES, MODALITIES, LayerState, dequantize, pack4, unpack4
+from neuronwidgets.reduce import HIST_EDGES, MODALITIES, LayerState, code_histogram, codes_from_histogram, dequantize, pack4, unpack4
 
-FORMAT_VERSION = 2  # 2: half-octave histogram bins (84), closed towards zero
+FORMAT_VERSION = 3  # 2: half-octave histogram bins (84), closed towards zero; 3: maps for the best map_k top samples only
 MANIFEST = "manifest.json"
 
 
@@ -72,9 +74,24 @@ def _layer_file(path: Path, layer: int) -> Path:
     return path / "layers" / f"layer_{layer:03d}.safetensors"
 
 
-def state_to_arrays(state: LayerState, random_slots: list[int]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(arrays for the layer file, per-neuron stats columns), compact dtypes, random in canonical order."""
-    a = state.to_numpy()
+def _smallest_uint(limit: int):
+    """The smallest unsigned dtype that holds 0..limit."""
+    return next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if limit <= np.iinfo(t).max)
+
+
+def state_to_arrays(state: LayerState, random_slots: list[int], map_k: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(arrays for the layer file, per-neuron stats columns), compact dtypes, random in canonical order.
+
+    Maps are written for the best `map_k` top samples (default: all); the others keep only the
+    histogram of their map codes, which is all the paper rule reads: ~45 bytes instead of ~320.
+    """
+    map_k = state.top_k if map_k is None else min(int(map_k), state.top_k)
+    levels = (1 << state.bits) - 1
+    top = state.canonical_top()
+    for mod in MODALITIES:
+        top[f"top_{mod}_hist"] = code_histogram(top[f"top_{mod}_codes"][:, map_k:], levels)
+        top[f"top_{mod}_codes"] = top[f"top_{mod}_codes"][:, :map_k]
+    a = {k: v.detach().cpu().numpy() for k, v in {**state.t, **top}.items()}
     out: dict[str, np.ndarray] = {}
     stats: dict[str, np.ndarray] = {}
     for m in MODALITIES:
@@ -89,6 +106,8 @@ def state_to_arrays(state: LayerState, random_slots: list[int]) -> tuple[dict[st
         stats[f"{m}_max"] = a[f"{m}_max"]
     out["top_value"] = a["top_value"]
     out["top_sample"] = a["top_sample"].astype(np.int32)
+    out["top_image_hist"] = a["top_image_hist"].astype(_smallest_uint(state.P))
+    out["top_text_hist"] = a["top_text_hist"].astype(_smallest_uint(state.Tm))
     slots = np.asarray(random_slots, np.int64)
     out["random_value"] = a["random_value"][slots]
     codes = {k: a[k] for k in ("top_image_codes", "top_text_codes")}
@@ -96,7 +115,18 @@ def state_to_arrays(state: LayerState, random_slots: list[int]) -> tuple[dict[st
     codes["random_text_codes"] = a["random_text_codes"][slots]
     for k, v in codes.items():
         out[k] = pack4(v) if state.bits == 4 else v
-    return out, stats
+    # safetensors writes an array's memory as it lies: a strided view (a slice) would be scrambled
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}, stats
+
+
+def top_code_histograms(arrays: dict[str, np.ndarray], manifest: dict, modality: str) -> np.ndarray:
+    """[neurons, top_k, levels]: every top sample's histogram of its map codes 1..levels."""
+    bits = manifest["map_bits"]
+    width = manifest["n_patches"] if modality == "image" else manifest["max_text_tokens"]
+    codes = arrays[f"top_{modality}_codes"]
+    codes = unpack4(codes, width) if bits == 4 else codes
+    kept = code_histogram(torch.from_numpy(np.ascontiguousarray(codes)), (1 << bits) - 1).numpy()
+    return np.concatenate([kept, arrays[f"top_{modality}_hist"].astype(np.int64)], axis=1)
 
 
 def arrays_to_state(arrays: dict[str, np.ndarray], stats: pd.DataFrame, m: dict, device="cpu") -> LayerState:
@@ -121,8 +151,11 @@ def arrays_to_state(arrays: dict[str, np.ndarray], stats: pd.DataFrame, m: dict,
         t[f"tok_{mod}_pos"] = arrays[f"tok_{mod}_pos"].astype(np.int64)
     t["top_value"] = arrays["top_value"]
     t["top_sample"] = arrays["top_sample"].astype(np.int64)
-    t["top_image_codes"] = codes("top_image_codes", P)
-    t["top_text_codes"] = codes("top_text_codes", Tm)
+    # Samples past map_k kept only their code histograms; a stand-in map with the same histogram
+    # is enough, since such a sample can only fall further (it is never shown, only counted).
+    for mod, width in (("image", P), ("text", Tm)):
+        stand_in = codes_from_histogram(torch.from_numpy(arrays[f"top_{mod}_hist"].astype(np.int64)), width).numpy()
+        t[f"top_{mod}_codes"] = np.concatenate([codes(f"top_{mod}_codes", width), stand_in], axis=1)
     n = t["top_value"].shape[0]
     rv = np.zeros((R, n), np.float32)
     ri = np.zeros((R, n, P), np.uint8)
@@ -145,7 +178,7 @@ def write_index(path: Path, manifest: dict, layers: dict[int, LayerState], sampl
     manifest["n_samples"] = int(len(samples))
     stats_frames = []
     for layer, state in sorted(layers.items()):
-        arrays, stats = state_to_arrays(state, [slot for _, _, slot in canon])
+        arrays, stats = state_to_arrays(state, [slot for _, _, slot in canon], manifest.get("map_k"))
         save_file(arrays, str(_layer_file(tmp, layer)), metadata={"layer": str(layer), "format_version": str(FORMAT_VERSION)})
         stats_frames.append(pd.DataFrame({"layer": layer, "neuron": np.arange(state.n), **stats}))
     pd.concat(stats_frames, ignore_index=True).to_parquet(tmp / "stats.parquet", index=False)
@@ -211,6 +244,7 @@ class NeuronIndex:
         self._stats = stats
         self._arrays: dict[int, dict[str, np.ndarray]] = dict(arrays or {})
         self._dataset = dataset
+        self._hist_cache: dict[tuple[int, str], np.ndarray] = {}
 
     # --- loading ---------------------------------------------------------------
     @classmethod
@@ -239,6 +273,18 @@ class NeuronIndex:
         if layer not in self._arrays:
             self._arrays[layer] = read_layer(self.path, layer)
         return self._arrays[layer]
+
+    def top_code_histograms(self, layer: int, modality: str = "image") -> np.ndarray:
+        """[neurons, top_k, levels]: each top sample's count of patches (or text tokens) per map code 1..levels.
+
+        The categories read these, not the maps, so they cover all top_k samples whether or
+        not their maps were kept.
+        """
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
+        if (layer, modality) not in self._hist_cache:
+            self._hist_cache[layer, modality] = top_code_histograms(self._layer(layer), self.manifest, modality)
+        return self._hist_cache[layer, modality]
 
     # --- facts -----------------------------------------------------------------
     @property
@@ -334,7 +380,11 @@ class NeuronIndex:
         return list(row[1]) if row else []
 
     def records(self, layer: int, neuron: int, kind: str = "top") -> list[ActivationRecord]:
-        """The neuron's top-activating samples (best first) or its random samples, as records."""
+        """The neuron's top-activating samples (best first) or its random samples, as records.
+
+        Top records are the best `map_k` of the top_k samples (those whose maps are kept);
+        `top_samples` lists all top_k with their values.
+        """
         arrays = self._layer(layer)
         neuron = self._check_neuron(neuron)
         P, Tm, bits = self.manifest["n_patches"], self.manifest["max_text_tokens"], self.manifest["map_bits"]
@@ -346,7 +396,8 @@ class NeuronIndex:
 
         out = []
         if kind == "top":
-            values, samples = arrays["top_value"][neuron], arrays["top_sample"][neuron]
+            kept = arrays["top_image_codes"].shape[1]  # the best map_k samples have maps
+            values, samples = arrays["top_value"][neuron, :kept], arrays["top_sample"][neuron, :kept]
             entries = [(i, int(s), float(v)) for i, (s, v) in enumerate(zip(samples, values)) if s >= 0]
             get = lambda i, name, width: codes(name, width, neuron, i)  # noqa: E731
             img_name, txt_name = "top_image_codes", "top_text_codes"
@@ -378,6 +429,21 @@ class NeuronIndex:
     def sample_id(self, sample: int) -> str:
         row = self._sample_rows().get(int(sample))
         return row[0] if row else str(sample)
+
+    def top_samples(self, layer: int, neuron: int) -> pd.DataFrame:
+        """All top_k samples of the neuron, best first: rank, sample, sample_id, activation, has_map."""
+        arrays = self._layer(layer)
+        neuron = self._check_neuron(neuron)
+        samples = arrays["top_sample"][neuron].astype(np.int64)
+        keep = samples >= 0
+        rank = np.flatnonzero(keep)
+        return pd.DataFrame({
+            "rank": rank,
+            "sample": samples[keep],
+            "sample_id": [self.sample_id(int(s)) for s in samples[keep]],
+            "activation": arrays["top_value"][neuron][keep],
+            "has_map": rank < arrays["top_image_codes"].shape[1],
+        })
 
     def exemplars(self, layer: int, neuron: int, modality: str | None = None, k: int | None = None) -> pd.DataFrame:
         """Top tokens of the neuron: sample, sample_id, position, modality, row, col, token, activation (best first)."""

@@ -84,6 +84,39 @@ def unpack4(packed: np.ndarray, length: int) -> np.ndarray:
     return out[..., :length]
 
 
+def code_histogram(codes: torch.Tensor, levels: int, chunk: int = 1 << 22) -> torch.Tensor:
+    """Counts of the codes 1..levels along the last axis: [..., L] uint8 -> [..., levels] int64.
+
+    Code 0 is left out: its level is 0, which no category threshold counts, and the
+    histogram is all the paper rule needs of a top sample whose map is not kept.
+    """
+    lead, length = codes.shape[:-1], codes.shape[-1]
+    flat = codes.reshape(-1, length)
+    out = torch.zeros((flat.shape[0], levels + 1), dtype=torch.int64, device=codes.device)
+    step = max(1, chunk // max(length, 1))
+    for start in range(0, flat.shape[0], step):
+        part = flat[start : start + step].to(torch.int64)
+        rows = part.shape[0]
+        part = part + torch.arange(rows, device=codes.device)[:, None] * (levels + 1)
+        out[start : start + rows] = torch.bincount(part.view(-1), minlength=rows * (levels + 1)).view(rows, levels + 1)
+    return out[:, 1:].reshape(lead + (levels,))
+
+
+def codes_from_histogram(hist: torch.Tensor, length: int) -> torch.Tensor:
+    """A map with the given code histogram ([..., levels] -> [..., length] uint8), codes in descending order.
+
+    Stands in for a map that was not kept: such a sample can only fall further in the ranking
+    (resume, merge), so only its histogram is ever read again.
+    """
+    levels = hist.shape[-1]
+    at_least = hist.flip(-1).cumsum(-1).flip(-1)  # [..., c - 1]: how many codes are >= c
+    pos = torch.arange(length, device=hist.device)
+    codes = torch.zeros(hist.shape[:-1] + (length,), dtype=torch.uint8, device=hist.device)
+    for c in range(levels):
+        codes += (pos < at_least[..., c : c + 1]).to(torch.uint8)
+    return codes
+
+
 class LayerState:
     """The reductions of one layer's `n` neurons over the samples seen so far."""
 

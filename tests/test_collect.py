@@ -13,7 +13,7 @@ from PIL import Image
 
 from neuronwidgets.datasets import Sample, SampleList
 from neuronwidgets.index import IndexFormatError, NeuronIndex, RandomSet
-from neuronwidgets.reduce import HIST_EDGES, LayerState
+from neuronwidgets.reduce import HIST_EDGES, LayerState, codes_from_histogram
 
 CAPTIONS = ["a red circle", "blue", "the red square is a shape", "a", "what is the blue circle"]
 
@@ -40,7 +40,7 @@ class Exploding(SampleList):
         return super().__getitem__(i)
 
 
-KW = dict(top_k=4, token_k=6, random_k=3, batch_size=4, text="caption", progress=False, max_text_tokens=8)
+KW = dict(top_k=4, map_k=2, token_k=6, random_k=3, batch_size=4, text="caption", progress=False, max_text_tokens=8)
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,20 @@ def test_stats_topk_and_exemplars_equal_brute_force(tiny_session, data, one_pass
             expected = np.bincount(bins, minlength=len(HIST_EDGES) + 1)
             np.testing.assert_array_equal(counts, expected)
             order = sorted(range(len(data)), key=lambda s: (-sample_max[s, neuron], s))[: KW["top_k"]]
-            records = index.records(layer, neuron)
-            assert [r.sample for r in records] == order
+            top = index.top_samples(layer, neuron)
+            assert list(top["sample"]) == order and list(top["has_map"]) == [True, True, False, False]
+            np.testing.assert_allclose(top["activation"], sample_max[order, neuron], atol=1e-6)
+            records = index.records(layer, neuron)  # the best map_k, with their maps
+            assert [r.sample for r in records] == order[: KW["map_k"]]
+            # every top sample's histogram of map codes, kept map or not (what the categories read)
+            for modality, part in (("image", 0), ("text", 1)):
+                hists = index.top_code_histograms(layer, modality)[neuron]
+                for rank, s in enumerate(order):
+                    v = torch.from_numpy(bf[s][part][:, neuron]).float()
+                    codes = torch.round(255 * v.clamp(min=0) / float(sample_max[s, neuron])).clamp(0, 255)
+                    # batched and single passes differ in the last digits: codes agree within one step
+                    found = codes_from_histogram(torch.from_numpy(hists[rank]), len(v)).float()
+                    np.testing.assert_allclose(found, codes.sort(descending=True).values, atol=1, err_msg=f"{modality} rank {rank}")
             for r in records:
                 np.testing.assert_allclose(r.activation, sample_max[r.sample, neuron], atol=1e-6)
                 true_map = np.maximum(bf[r.sample][0][:, neuron], 0).reshape(index.grid)
@@ -224,7 +236,7 @@ def test_random_records_are_the_bottom_k_hash_samples(one_pass):
     assert all(r.kind == "random" for r in recs)
 
 
-def hand_index(bits=8):
+def hand_index(bits=8, map_k=None):
     """A hand-made layer: 3x3 patches, 4 text slots, 2 neurons, 4 samples (see test below)."""
     from neuronwidgets.collect import in_memory_index
 
@@ -244,15 +256,17 @@ def hand_index(bits=8):
     text_pos = (torch.arange(Tm) + P).repeat(4, 1)
     state.update(torch.from_numpy(acts), image_pos, text_pos, torch.ones(4, Tm, dtype=torch.bool), torch.arange(4), [])
     manifest = {"layers": [0], "n_neurons": N, "grid": [3, 3], "n_patches": P, "max_text_tokens": Tm, "map_bits": bits,
-                "top_k": 4, "token_k": 8, "random_k": 0, "model": "hand", "site": "act", "text": "caption"}
+                "top_k": 4, "token_k": 8, "random_k": 0, "model": "hand", "site": "act", "text": "caption", "map_k": map_k}
     samples = pd.DataFrame({"sample": range(4), "sample_id": list("ABCD"), "text_token_ids": [[1, 2, 3, 4]] * 4,
                             "text_tokens": [["w", "x", "y", "z"]] * 4, "text": ["w x y z"] * 4})
     return in_memory_index(manifest, {0: state}, samples, RandomSet(0, 0))
 
 
-@pytest.mark.parametrize("bits", [8, 4])
-def test_paper_rule_reproduces_hand_worked_example(bits):
-    cats = hand_index(bits).categories(rule="paper", visual_min_patches=4).set_index("neuron")
+@pytest.mark.parametrize("bits,map_k", [(8, None), (4, None), (4, 1), (8, 0)])
+def test_paper_rule_reproduces_hand_worked_example(bits, map_k):
+    index = hand_index(bits, map_k)
+    assert len(index.records(0, 0)) == (4 if map_k is None else map_k) and len(index.top_samples(0, 0)) == 4
+    cats = index.categories(rule="paper", visual_min_patches=4).set_index("neuron")
     assert cats.loc[0, "category"] == "visual"
     assert (cats.loc[0, "n_visual"], cats.loc[0, "n_multimodal"], cats.loc[0, "n_unactivated"], cats.loc[0, "n_text"]) == (2, 1, 1, 0)
     assert cats.loc[1, "category"] == "text"
@@ -290,3 +304,15 @@ def test_category_tables_and_charts(one_pass):
     assert chart["mark"]["type"] == "bar"
     fig = one_pass.category_figure()
     assert fig.axes[0].get_xlabel() == "layer"
+
+
+def test_code_histograms_round_trip():
+    from neuronwidgets.reduce import code_histogram
+
+    codes = torch.randint(0, 16, (3, 5, 37), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    hist = code_histogram(codes, 15, chunk=64)  # several chunks
+    expected = np.stack([np.bincount(row, minlength=16)[1:] for row in codes.reshape(-1, 37).numpy()]).reshape(3, 5, 15)
+    np.testing.assert_array_equal(hist.numpy(), expected)
+    stand_in = codes_from_histogram(hist, 37)
+    np.testing.assert_array_equal(code_histogram(stand_in, 15).numpy(), expected)
+    assert (stand_in[..., :-1] >= stand_in[..., 1:]).all()  # codes in descending order
