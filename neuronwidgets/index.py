@@ -28,7 +28,7 @@ from safetensors.numpy import load_file, save_file
 from neuronwidgets.records import ActivationRecord
 from neuronwidgets.reduce import HIST_EDGES, MODALITIES, LayerState, code_histogram, codes_from_histogram, dequantize, pack4, unpack4
 
-FORMAT_VERSION = 3  # 2: half-octave histogram bins (84), closed towards zero; 3: maps for the best map_k top samples only
+FORMAT_VERSION = 3  # 3: histogram edges at 2^e and 1.5 * 2^e; maps for the best map_k top samples only
 MANIFEST = "manifest.json"
 
 

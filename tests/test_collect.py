@@ -316,3 +316,76 @@ def test_code_histograms_round_trip():
     stand_in = codes_from_histogram(hist, 37)
     np.testing.assert_array_equal(code_histogram(stand_in, 15).numpy(), expected)
     assert (stand_in[..., :-1] >= stand_in[..., 1:]).all()  # codes in descending order
+
+
+def _fold_batches(acts, sparse: bool, k: int = 5):
+    """A LayerState fed `acts` [batches, B, T, N] (positions 0..P-1 patches, the rest text)."""
+    nb, B, T, N = acts.shape
+    P = 4
+    state = LayerState(N, P, T - P, top_k=k, token_k=k, random_k=0, bits=4)
+    state.sparse = sparse
+    for i in range(nb):
+        valid = torch.ones(B, T - P, dtype=torch.bool)
+        valid[::2, -2:] = False  # some padding
+        state.update(acts[i], torch.arange(P).repeat(B, 1), (torch.arange(T - P) + P).repeat(B, 1), valid,
+                     torch.arange(B) + i * B, [], image_offset=0)
+    return state
+
+
+def test_sparse_and_dense_folds_agree_and_ties_follow_the_total_order():
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(6, 8, 10, 7, generator=g)
+    dense, sparse = _fold_batches(acts, False), _fold_batches(acts, True)
+    for name in ("tok_image_value", "tok_image_sample", "tok_image_pos", "tok_text_value", "tok_text_sample", "tok_text_pos"):
+        torch.testing.assert_close(sparse.t[name], dense.t[name], rtol=0, atol=0, msg=name)
+    for name, value in dense.canonical_top().items():
+        torch.testing.assert_close(sparse.canonical_top()[name], value, rtol=0, atol=0, msg=name)
+    # Many exact ties (values on a coarse grid): the sparse fold keeps the exact (value desc, sample, position) order.
+    tied = torch.randint(0, 3, (6, 8, 10, 7), generator=g).float()
+    state = _fold_batches(tied, True)
+    flat = tied.reshape(48, 10, 7)  # sample s = batch * 8 + b
+    for n in range(7):
+        cands = sorted((-float(flat[s, p, n]), s, p) for s in range(48) for p in range(4))[:5]
+        assert state.t["tok_image_sample"][n].tolist() == [s for _, s, _ in cands]
+        assert state.t["tok_image_pos"][n].tolist() == [p for _, _, p in cands]
+        smax = flat[:, :4, n].amax(1)
+        text = flat[:, 4:, n].clone()
+        text[::2, -2:] = -torch.inf
+        smax = torch.maximum(smax, text.amax(1))
+        expected = sorted(range(48), key=lambda s: (-float(smax[s]), s))[:5]
+        assert state.canonical_top()["top_sample"][n].tolist() == expected
+
+
+def test_packed_top_order_equals_two_stable_sorts():
+    from neuronwidgets.reduce import packed_order_key, sorted_top_order, top_order
+
+    g = torch.Generator().manual_seed(3)
+    values = torch.randint(-3, 4, (50, 40), generator=g).float() / 2  # many ties
+    values[:, :5] = -torch.inf  # empty slots ...
+    keys = torch.randint(0, 2**32 - 2, (50, 40), generator=g)
+    keys[:, :5] = -1  # ... have key -1
+    values[::3, 7] = -0.0  # ties with +0.0
+    keys[::5, 9] = 2**32 - 2  # the largest key that packs
+    assert torch.equal(top_order(values, keys, 17), sorted_top_order(values, keys, 17))
+    unordered = top_order(values, keys, 17, ordered=False)  # the same entries, in any order
+    assert torch.equal(unordered.sort(1).values, sorted_top_order(values, keys, 17).sort(1).values)
+    v = torch.tensor([-torch.inf, -1e30, -2.5, -1e-40, -0.0, 0.0, 1e-40, 3.0, 1e30, torch.inf])
+    key = packed_order_key(v[None], torch.zeros(1, len(v), dtype=torch.int64))[0]
+    assert (key[1:] >= key[:-1]).all() and key[4] == key[5]  # float order, -0.0 == +0.0
+    big = keys.clone()
+    big[0, 0] = 2**40  # too large to pack: the two-sort path
+    assert torch.equal(top_order(values, big, 17), sorted_top_order(values, big, 17))
+
+
+def test_histogram_bins_equal_a_search_at_every_edge():
+    from neuronwidgets.reduce import N_BINS, hist_bins
+
+    edges = HIST_EDGES.astype(np.float32)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 1e-30, 3e38, -3e38], np.float32)
+    rng = np.random.default_rng(0)
+    spread = (rng.standard_normal(20000) * 10.0 ** rng.uniform(-5, 5, 20000)).astype(np.float32)
+    values = np.concatenate([edges, np.nextafter(edges, np.float32(np.inf)), np.nextafter(edges, np.float32(-np.inf)), special, spread])
+    expected = np.where(values > 0, np.searchsorted(HIST_EDGES, values, side="right"), np.searchsorted(HIST_EDGES, values, side="left"))
+    got = hist_bins(torch.from_numpy(values.reshape(-1, 7) if len(values) % 7 == 0 else values)).numpy().ravel()
+    np.testing.assert_array_equal(got, expected)
+    assert got.min() >= 0 and got.max() < N_BINS
