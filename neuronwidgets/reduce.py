@@ -165,21 +165,19 @@ def codes_from_histogram(hist: torch.Tensor, length: int) -> torch.Tensor:
     return codes
 
 
-def _group_by_column(mask: torch.Tensor):
-    """The True entries of a [R, N] mask grouped by column: (columns, group, slot, row, (groups, width)).
+def _group_by_row(mask: torch.Tensor):
+    """The True entries of an [N, R] mask, row by row: (rows, group, slot, column, (groups, width)).
 
-    Entry i is row[i] of column columns[group[i]], and goes to [group[i], slot[i]] of a padded
+    Entry i is column[i] of row rows[group[i]], and goes to [group[i], slot[i]] of a padded
     [groups, width] array. None when the mask is empty.
     """
-    r, n = mask.nonzero(as_tuple=True)  # row-major: by row, then column
+    n, col = mask.nonzero(as_tuple=True)  # row-major: by row, then column
     if n.numel() == 0:
         return None
-    order = torch.argsort(n, stable=True)
-    r, n = r[order], n[order]
-    columns, counts = torch.unique_consecutive(n, return_counts=True)
-    group = torch.repeat_interleave(torch.arange(columns.numel()), counts)
+    rows, counts = torch.unique_consecutive(n, return_counts=True)
+    group = torch.repeat_interleave(torch.arange(rows.numel()), counts)
     slot = torch.arange(n.numel()) - (counts.cumsum(0) - counts)[group]
-    return columns, group, slot, r, (columns.numel(), int(counts.max()))
+    return rows, group, slot, col, (rows.numel(), int(counts.max()))
 
 
 class LayerState:
@@ -301,10 +299,11 @@ class LayerState:
         filling = bool(torch.isneginf(floor).any())
         if filling and vals.shape[0] > k:
             floor = torch.maximum(floor, torch.topk(vals, k, dim=0).values[-1])  # the batch's own k-th best
-        mask = torch.ge(vals, floor, out=SCRATCH("fold_mask", vals.shape, torch.bool, vals.device))  # [B * w, N]
+        by_neuron = vals.T  # [N, B * w]
+        mask = torch.ge(by_neuron, floor[:, None], out=SCRATCH("fold_mask", by_neuron.shape, torch.bool, vals.device))
         if filling:
-            mask &= vals > -torch.inf  # -inf marks padding
-        group = _group_by_column(mask)
+            mask &= by_neuron > -torch.inf  # -inf marks padding
+        group = _group_by_row(mask)
         if group is None:
             return
         rows, g, at, r, shape = group
@@ -333,7 +332,7 @@ class LayerState:
     def _update_top(self, smax, samples, img, txt, text_valid, width) -> None:
         t, k = self.t, self.top_k
         if self.sparse:  # only the (sample, neuron) pairs at or above the neuron's worst kept
-            group = _group_by_column(smax >= t["top_value"].amin(1))
+            group = _group_by_row(smax.T >= t["top_value"].amin(1)[:, None])  # [N, B]
             if group is None:
                 return
             rows, g, at, r, shape = group
