@@ -50,6 +50,8 @@ def categorize(index, rule: str = "paper", *, top_n: int | None = None, visual_t
     """One row per neuron: layer, neuron, category, the counts behind it, image_share, max."""
     if rule not in ("paper", "share"):
         raise ValueError(f"rule must be 'paper' or 'share', got {rule!r}")
+    if min(visual_threshold, text_threshold) < 0:
+        raise ValueError(f"thresholds are levels on the 0-10 scale, so 0 or more; got visual_threshold={visual_threshold}, text_threshold={text_threshold}")
     top_n = min(top_n or index.top_k, index.top_k)
     if visual_min_patches is None:
         visual_min_patches = paper_min_patches(int(index.manifest["n_patches"]))
@@ -82,22 +84,24 @@ def categorize(index, rule: str = "paper", *, top_n: int | None = None, visual_t
     return out[cols]
 
 
-def _paper_counts(index, layer, arrays, gmax, top_n, vt, vmin, tt, tmin) -> dict[str, np.ndarray]:
+def _paper_counts(index, layer, arrays, gmax, top_n, vt, vmin, tt, tmin, chunk: int = 1024) -> dict[str, np.ndarray]:
     """Per neuron, how many of its top_n samples carry each label, from the samples' code histograms."""
-    m = index.manifest
-    q = (1 << m["map_bits"]) - 1
+    q = (1 << index.manifest["map_bits"]) - 1
     value = arrays["top_value"][:, :top_n].astype(np.float64)
     valid = arrays["top_sample"][:, :top_n] >= 0
     scale = np.maximum(np.where(valid, value, 0.0), 0.0)[:, :, None] / q
-    code_values = np.arange(1, q + 1, dtype=np.uint8)[None, None, :] * scale  # the value each code 1..q stands for
-    levels = discretize(code_values, gmax[:, None, None])  # [N, top_n, q]
-    above = {}
-    for modality, threshold in (("image", vt), ("text", tt)):
-        hist = index.top_code_histograms(layer, modality)[:, :top_n]
-        above[modality] = (hist * (levels > threshold)).sum(-1)  # patches / tokens above the threshold
-    visual, text = above["image"] >= vmin, above["text"] >= tmin
-    labels = np.where(valid, _label(visual, text), "")
-    return {label: (labels == label).sum(1) for label in LABELS}
+    hists = {m: index.top_code_histograms(layer, m)[:, :top_n] for m in ("image", "text")}
+    counts = {label: np.zeros(len(value), np.int64) for label in LABELS}
+    for lo in range(0, len(value), chunk):  # [chunk, top_n, q] at a time: bounded memory at LLaVA's 11008 neurons
+        part = slice(lo, lo + chunk)
+        code_values = np.arange(1, q + 1, dtype=np.uint8)[None, None, :] * scale[part]  # the value each code 1..q stands for
+        levels = discretize(code_values, gmax[part, None, None])  # [chunk, top_n, q]
+        visual = (hists["image"][part] * (levels > vt)).sum(-1) >= vmin  # patches above the threshold
+        text = (hists["text"][part] * (levels > tt)).sum(-1) >= tmin  # text tokens above it
+        labels = np.where(valid[part], _label(visual, text), "")
+        for label in LABELS:
+            counts[label][part] = (labels == label).sum(1)
+    return counts
 
 
 def _image_share(arrays, st, top_n):

@@ -25,7 +25,7 @@ from neuronwidgets.session import token_texts
 TEXT_SOURCES = ("generate", "caption", "prompt")
 #: Manifest keys that must match for a folder to be resumed or reused.
 RUN_KEYS = ("model", "site", "layers", "n_neurons", "grid", "text", "top_k", "token_k", "random_k", "map_k", "map_bits",
-            "max_text_tokens", "batch_size", "seed", "dataset", "positions")
+            "max_text_tokens", "batch_size", "seed", "dataset", "positions", "hist_edges")
 
 
 def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int = 50, token_k: int | None = None,
@@ -46,6 +46,8 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
         raise ValueError(f"text must be one of {TEXT_SOURCES}, got {text!r}")
     if map_bits not in (4, 8):
         raise ValueError(f"map_bits must be 4 or 8, got {map_bits!r}")
+    if top_k < 1 or (token_k is not None and token_k < 1):
+        raise ValueError(f"top_k and token_k must be at least 1, got top_k={top_k!r}, token_k={token_k!r}")
     if map_k is not None and map_k < 0:
         raise ValueError(f"map_k must be >= 0 (or None for all top_k samples), got {map_k!r}")
     samples = as_samples(dataset)

@@ -28,7 +28,7 @@ from safetensors.numpy import load_file, save_file
 from neuronwidgets.records import ActivationRecord
 from neuronwidgets.reduce import HIST_EDGES, MODALITIES, LayerState, code_histogram, codes_from_histogram, dequantize, pack4, unpack4
 
-FORMAT_VERSION = 3  # 3: histogram edges at 2^e and 1.5 * 2^e; maps for the best map_k top samples only
+FORMAT_VERSION = 4  # 4: histogram edges at 2^e and 1.5 * 2^e; maps for the best map_k top samples only
 MANIFEST = "manifest.json"
 
 
@@ -125,8 +125,8 @@ def top_code_histograms(arrays: dict[str, np.ndarray], manifest: dict, modality:
     width = manifest["n_patches"] if modality == "image" else manifest["max_text_tokens"]
     codes = arrays[f"top_{modality}_codes"]
     codes = unpack4(codes, width) if bits == 4 else codes
-    kept = code_histogram(torch.from_numpy(np.ascontiguousarray(codes)), (1 << bits) - 1).numpy()
-    return np.concatenate([kept, arrays[f"top_{modality}_hist"].astype(np.int64)], axis=1)
+    kept = code_histogram(torch.from_numpy(np.ascontiguousarray(codes)), (1 << bits) - 1).to(torch.int32).numpy()
+    return np.concatenate([kept, arrays[f"top_{modality}_hist"].astype(np.int32)], axis=1)
 
 
 def arrays_to_state(arrays: dict[str, np.ndarray], stats: pd.DataFrame, m: dict, device="cpu") -> LayerState:
@@ -244,7 +244,6 @@ class NeuronIndex:
         self._stats = stats
         self._arrays: dict[int, dict[str, np.ndarray]] = dict(arrays or {})
         self._dataset = dataset
-        self._hist_cache: dict[tuple[int, str], np.ndarray] = {}
 
     # --- loading ---------------------------------------------------------------
     @classmethod
@@ -278,13 +277,11 @@ class NeuronIndex:
         """[neurons, top_k, levels]: each top sample's count of patches (or text tokens) per map code 1..levels.
 
         The categories read these, not the maps, so they cover all top_k samples whether or
-        not their maps were kept.
+        not their maps were kept. Computed on each call (int32), not cached.
         """
         if modality not in MODALITIES:
             raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
-        if (layer, modality) not in self._hist_cache:
-            self._hist_cache[layer, modality] = top_code_histograms(self._layer(layer), self.manifest, modality)
-        return self._hist_cache[layer, modality]
+        return top_code_histograms(self._layer(layer), self.manifest, modality)
 
     # --- facts -----------------------------------------------------------------
     @property

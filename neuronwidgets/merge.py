@@ -11,7 +11,7 @@ from neuronwidgets.index import NeuronIndex, RandomSet, random_key, write_index
 
 #: Manifest keys that must agree for indexes to merge.
 MERGE_KEYS = ("format_version", "model", "site", "layers", "n_neurons", "grid", "n_patches", "text", "top_k", "token_k",
-              "random_k", "map_k", "map_bits", "max_text_tokens", "seed")
+              "random_k", "map_k", "map_bits", "max_text_tokens", "seed", "hist_edges")
 
 
 def check_compatible(indexes: Sequence[NeuronIndex]) -> None:

@@ -157,12 +157,10 @@ def codes_from_histogram(hist: torch.Tensor, length: int) -> torch.Tensor:
     (resume, merge), so only its histogram is ever read again.
     """
     levels = hist.shape[-1]
-    at_least = hist.flip(-1).cumsum(-1).flip(-1)  # [..., c - 1]: how many codes are >= c
-    pos = torch.arange(length, device=hist.device)
-    codes = torch.zeros(hist.shape[:-1] + (length,), dtype=torch.uint8, device=hist.device)
-    for c in range(levels):
-        codes += (pos < at_least[..., c : c + 1]).to(torch.uint8)
-    return codes
+    at_least = hist.flip(-1).cumsum(-1)  # [..., j]: how many codes are >= levels - j (non-decreasing)
+    pos = torch.arange(length, device=hist.device).expand(hist.shape[:-1] + (length,)).contiguous()
+    # the code at position p is the number of codes c with (count of codes >= c) > p
+    return (levels - torch.searchsorted(at_least.contiguous(), pos, right=True)).to(torch.uint8)
 
 
 def _group_by_row(mask: torch.Tensor):
@@ -184,6 +182,8 @@ class LayerState:
     """The reductions of one layer's `n` neurons over the samples seen so far."""
 
     def __init__(self, n: int, n_patches: int, max_text: int, top_k: int, token_k: int, random_k: int, bits: int, device="cpu"):
+        if top_k < 1 or token_k < 1:
+            raise ValueError(f"top_k and token_k must be at least 1, got {top_k} and {token_k}")
         self.n, self.P, self.Tm = n, n_patches, max_text
         self.top_k, self.token_k, self.random_k, self.bits = top_k, token_k, random_k, bits
         dev = torch.device(device)
@@ -298,7 +298,8 @@ class LayerState:
         floor = self.t[f"tok_{m}_value"][:, -1]  # the worst kept (kept lists are sorted); -inf until full
         filling = bool(torch.isneginf(floor).any())
         if filling and vals.shape[0] > k:
-            floor = torch.maximum(floor, torch.topk(vals, k, dim=0).values[-1])  # the batch's own k-th best
+            kth = torch.topk(vals.nan_to_num(nan=-torch.inf), k, dim=0).values[-1]  # the batch's own k-th best
+            floor = torch.maximum(floor, kth)
         by_neuron = vals.T  # [N, B * w]
         mask = torch.ge(by_neuron, floor[:, None], out=SCRATCH("fold_mask", by_neuron.shape, torch.bool, vals.device))
         if filling:
@@ -337,7 +338,7 @@ class LayerState:
                 return
             rows, g, at, r, shape = group
             new_v = torch.full(shape, -torch.inf)
-            new_s = torch.full(shape, -1, dtype=torch.int64)
+            new_s = torch.full(shape, _PACKED_KEY_LIMIT - 1, dtype=torch.int64)  # padding: loses to any slot, even an empty one
             new_b = torch.zeros(shape, dtype=torch.int64)
             new_v[g, at] = smax[r, rows[g]]
             new_s[g, at] = samples[r]

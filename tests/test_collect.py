@@ -389,3 +389,33 @@ def test_histogram_bins_equal_a_search_at_every_edge():
     got = hist_bins(torch.from_numpy(values.reshape(-1, 7) if len(values) % 7 == 0 else values)).numpy().ravel()
     np.testing.assert_array_equal(got, expected)
     assert got.min() >= 0 and got.max() < N_BINS
+
+
+def test_a_nan_activation_never_duplicates_a_sample():
+    """Review find: padding of the candidate rows tied with empty slots, and a NaN sample left a row short."""
+    acts = torch.randn(6, 6, 3, generator=torch.Generator().manual_seed(0))
+    acts[2, 0, 1] = float("nan")  # neuron 1 on sample 102
+    state = LayerState(3, 4, 2, top_k=8, token_k=4, random_k=0, bits=4)
+    state.update(acts, torch.arange(4).repeat(6, 1), (torch.arange(2) + 4).repeat(6, 1), torch.ones(6, 2, dtype=torch.bool),
+                 torch.arange(6) + 100, [], image_offset=0)
+    for n in range(3):
+        kept = [s for s in state.canonical_top()["top_sample"][n].tolist() if s >= 0]
+        assert len(kept) == len(set(kept)), kept
+    assert 102 not in state.canonical_top()["top_sample"][1].tolist()  # a NaN ranks nowhere
+
+
+def test_bad_collection_and_category_arguments_are_refused(tiny_session, data):
+    with pytest.raises(ValueError, match="top_k and token_k must be at least 1"):
+        tiny_session.collect(data[:2], **{**KW, "top_k": 0})
+    with pytest.raises(ValueError, match="map_k must be >= 0"):
+        tiny_session.collect(data[:2], **{**KW, "map_k": -1})
+    with pytest.raises(ValueError, match="0-10 scale, so 0 or more"):
+        hand_index().categories(visual_threshold=-1)
+
+
+def test_stand_in_maps_at_8_bits():
+    from neuronwidgets.reduce import code_histogram
+
+    codes = torch.randint(0, 256, (4, 3, 50), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    hist = code_histogram(codes, 255)
+    assert torch.equal(code_histogram(codes_from_histogram(hist, 50), 255), hist)
