@@ -88,7 +88,12 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
     path = Path(path) if path is not None else None
     if path is not None and (path / MANIFEST).exists():
         found = json.loads((path / MANIFEST).read_text())
-        same = all(found.get(k) == manifest[k] for k in RUN_KEYS)
+        if found.get("format_version") != FORMAT_VERSION and not overwrite:
+            raise IndexFormatError(
+                f"{str(path)!r} holds an index in format version {found.get('format_version')!r}; this neuronwidgets "
+                f"writes version {FORMAT_VERSION}: pass overwrite=True to collect it again, or choose another path"
+            )
+        same = all(found.get(k) == manifest[k] for k in RUN_KEYS) and found.get("format_version") == FORMAT_VERSION
         if not same and not overwrite:
             diff = [k for k in RUN_KEYS if found.get(k) != manifest[k]]
             raise IndexFormatError(

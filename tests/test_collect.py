@@ -155,6 +155,13 @@ def test_resume_after_kill_gives_identical_index(tiny_session, data, one_pass, t
     # a different collection into the same folder is refused
     with pytest.raises(IndexFormatError, match="differs in: top_k"):
         tiny_session.collect(data, path=path, map_bits=8, **{**KW, "top_k": 3})
+    # so is a folder from another format version, unless overwritten
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 2}))
+    with pytest.raises(IndexFormatError, match="format version 2; this neuronwidgets writes version 4: pass overwrite=True"):
+        tiny_session.collect(data, path=path, map_bits=8, checkpoint_every=1, **KW)
+    again = tiny_session.collect(data, path=path, map_bits=8, checkpoint_every=1, overwrite=True, **KW)
+    assert again.manifest["format_version"] == 4
 
 
 def test_shards_merge_into_the_one_pass_index(tiny_session, data, one_pass, tmp_path):
