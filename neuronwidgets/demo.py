@@ -23,8 +23,9 @@ def run_demo(out: Path, n: int = 600, session=None, progress: bool = True) -> di
         print(f"  Q: {qa.question:38s} model: {session.generate(s.image, qa.prompt)!r:12s} truth: {qa.answer!r}")
 
     print(f"\ncollecting {split} images (text = the model's own description) ...")
-    index = session.collect(data[:split], path=out / "index", batch_size=32, progress=progress)
-    heldout = session.collect(data[split:], path=out / "heldout", batch_size=32, progress=progress)
+    # overwrite: a folder left by another version or other settings is collected again (the same one is reused)
+    index = session.collect(data[:split], path=out / "index", batch_size=32, progress=progress, overwrite=True)
+    heldout = session.collect(data[split:], path=out / "heldout", batch_size=32, progress=progress, overwrite=True)
     print(index)
     with pd.option_context("display.width", 140, "display.max_columns", 20):
         summary = index.category_summary()

@@ -165,3 +165,12 @@ def test_bad_arguments():
         shapes(1, image_size=65, grid=4)
     with pytest.raises(ValueError):
         shapes(1, min_objects=2, max_objects=1)
+
+
+def test_the_public_shapes_function_can_be_called_twice():
+    """It was a lazy wrapper whose first call bound the submodule over it: the second call failed."""
+    import neuronwidgets as nw
+
+    first = nw.datasets.shapes(n=3, seed=0)
+    second = nw.datasets.shapes(n=3, seed=1)
+    assert len(first) == len(second) == 3 and callable(nw.datasets.shapes)

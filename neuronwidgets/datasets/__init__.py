@@ -10,14 +10,8 @@ from neuronwidgets.datasets.base import DESCRIBE_PROMPT, PROMPT_TEMPLATE, QA, Sa
 from neuronwidgets.datasets.coco import coco, hf_dataset
 from neuronwidgets.datasets.convert import as_samples
 from neuronwidgets.datasets.folder import image_folder
+from neuronwidgets.datasets.shapes import shapes  # the function; imported eagerly so the submodule never shadows it
 from neuronwidgets.datasets.spec import from_spec
-
-
-def shapes(*args, **kwargs):
-    """The Shapes world: deterministic images of coloured shapes with captions, QA and masks."""
-    from neuronwidgets.datasets.shapes import shapes as _shapes
-
-    return _shapes(*args, **kwargs)
 
 
 __all__ = ["QA", "Sample", "SampleList", "PROMPT_TEMPLATE", "DESCRIBE_PROMPT", "shapes", "image_folder", "coco",
