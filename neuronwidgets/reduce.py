@@ -31,11 +31,12 @@ def hist_bins(x: torch.Tensor, scratch: "Scratch | None" = None) -> torch.Tensor
     """The histogram bin (int32) of every value of a float32 tensor, bins closed towards zero.
 
     Equal to np.searchsorted(HIST_EDGES, x, side="right") for x > 0 and side="left" for
-    x <= 0, from a few integer passes in place. With `scratch`, the result lives in a reused
-    buffer (valid until the next call).
+    x <= 0, from a few integer passes in place. With a reusing `scratch` (SCRATCH), the result
+    lives in a reused buffer (valid until the next call).
     """
     bits = x.float().contiguous().view(torch.int32)
-    new = (lambda name: scratch(name, bits.shape, torch.int32, bits.device)) if scratch else (lambda name: torch.empty_like(bits))
+    scratch = scratch or FRESH
+    new = lambda name: scratch(name, bits.shape, torch.int32, bits.device)  # noqa: E731
     mag = torch.bitwise_and(bits, 0x7FFFFFFF, out=new("hist_mag"))  # |x|; its int order is the float order
     c = torch.bitwise_right_shift(mag, 22, out=new("hist_bin"))  # 2 * biased exponent + first mantissa bit
     c.sub_(_BITS_BELOW_FIRST_EDGE).clamp_(0, _N_POS)  # positive edges <= |x| (inf, nan: all)
@@ -45,16 +46,20 @@ def hist_bins(x: torch.Tensor, scratch: "Scratch | None" = None) -> torch.Tensor
 
 
 class Scratch:
-    """Reused buffers for batch-sized temporaries, per thread.
+    """Buffers for batch-sized temporaries, by name: reused per thread, or fresh each call.
 
     On a CPU a fresh batch-sized tensor costs more than the arithmetic done on it (new pages
-    from the system every time); a GPU's caching allocator already reuses memory.
+    from the system every time), so SCRATCH reuses them; a GPU's caching allocator already
+    reuses memory, so there FRESH allocates as plain code would.
     """
 
-    def __init__(self):
+    def __init__(self, reuse: bool = True):
+        self.reuse = reuse
         self._local = threading.local()
 
     def __call__(self, name: str, shape, dtype: torch.dtype, device) -> torch.Tensor:
+        if not self.reuse:
+            return torch.empty(shape, dtype=dtype, device=device)
         bufs = self._local.__dict__.setdefault("bufs", {})
         n = math.prod(shape)
         buf = bufs.get(name)
@@ -64,7 +69,7 @@ class Scratch:
         return buf[:n].view(shape)
 
 
-SCRATCH = Scratch()
+SCRATCH, FRESH = Scratch(), Scratch(reuse=False)
 
 
 MODALITIES = ("image", "text")
@@ -178,6 +183,14 @@ def _group_by_row(mask: torch.Tensor):
     return rows, group, slot, col, (rows.numel(), int(counts.max()))
 
 
+def _padded(group, values: torch.Tensor, fill) -> torch.Tensor:
+    """The grouped entries' `values` laid out as `_group_by_row`'s padded [groups, width] array, `fill` elsewhere."""
+    _, g, slot, _, shape = group
+    out = torch.full(shape, fill, dtype=values.dtype, device=values.device)
+    out[g, slot] = values
+    return out
+
+
 class LayerState:
     """The reductions of one layer's `n` neurons over the samples seen so far."""
 
@@ -189,6 +202,7 @@ class LayerState:
         dev = torch.device(device)
         # Skip what cannot enter a top-k by data-dependent selection: free on a CPU, a device sync on a GPU.
         self.sparse = dev.type == "cpu"
+        self.scratch = SCRATCH if self.sparse else FRESH
         f64, i64 = torch.float64, torch.int64
         self.t: dict[str, torch.Tensor] = {}
         for m in MODALITIES:
@@ -226,21 +240,17 @@ class LayerState:
         width = int(text_valid.sum(1).max().item()) if text_valid.numel() else 0  # this batch's longest text
         text_pos, text_valid = text_pos[:, :width], text_valid[:, :width]
         b_idx = torch.arange(B, device=acts.device)[:, None]
-        scratch = SCRATCH if self.sparse else None
+        scratch = self.scratch
         if image_offset is not None:
             window = acts[:, image_offset : image_offset + self.P]
-            img = scratch("img", window.shape, torch.float32, acts.device).copy_(window) if scratch else window.float().contiguous()
+            img = scratch("img", window.shape, torch.float32, acts.device).copy_(window)  # [B, P, N]
         else:
-            img = acts[b_idx, image_pos].float()  # [B, P, N]
+            img = acts[b_idx, image_pos].float()
         valid = text_valid[:, :, None]
-        if scratch and acts.is_contiguous():
-            rows = (b_idx * acts.shape[1] + text_pos).view(-1)
-            shape = (B, width, self.n)
-            txt = torch.index_select(acts.view(-1, self.n), 0, rows, out=scratch("txt", (B * width, self.n), acts.dtype, acts.device)).view(shape).float()
-            txt_ninf = scratch("txt_ninf", shape, txt.dtype, acts.device).copy_(txt).masked_fill_(~valid, -torch.inf)
-        else:
-            txt = acts[b_idx, text_pos].float()  # [B, width, N]
-            txt_ninf = txt.masked_fill(~valid, -torch.inf)
+        text_rows = (b_idx * acts.shape[1] + text_pos).reshape(-1)
+        txt = torch.index_select(acts.reshape(-1, self.n), 0, text_rows, out=scratch("txt", (B * width, self.n), acts.dtype, acts.device))
+        txt = txt.view(B, width, self.n).float()
+        txt_ninf = scratch("txt_ninf", txt.shape, txt.dtype, acts.device).copy_(txt).masked_fill_(~valid, -torch.inf)
         img_flat, txt_flat = img.reshape(-1, self.n), txt[text_valid]
         for m, flat in (("image", img_flat), ("text", txt_flat)):
             t[f"{m}_count"] += flat.shape[0]
@@ -249,7 +259,7 @@ class LayerState:
             t[f"{m}_max"] = torch.maximum(t[f"{m}_max"], flat.amax(0))
             # Per-batch partial sums in float32 (cheap on any device), accumulated in float64.
             t[f"{m}_sum"] += flat.sum(0).double()
-            square = torch.mul(flat, flat, out=scratch("square", flat.shape, flat.dtype, flat.device)) if scratch else flat * flat
+            square = torch.mul(flat, flat, out=scratch("square", flat.shape, flat.dtype, flat.device))
             t[f"{m}_sumsq"] += square.sum(0).double()
             offs = hist_bins(flat, scratch).add_(self._bin_offsets)
             t[f"{m}_hist"] += torch.bincount(offs.view(-1), minlength=self.n * N_BINS).view(self.n, N_BINS)
@@ -301,20 +311,15 @@ class LayerState:
             kth = torch.topk(vals.nan_to_num(nan=-torch.inf), k, dim=0).values[-1]  # the batch's own k-th best
             floor = torch.maximum(floor, kth)
         by_neuron = vals.T  # [N, B * w]
-        mask = torch.ge(by_neuron, floor[:, None], out=SCRATCH("fold_mask", by_neuron.shape, torch.bool, vals.device))
+        mask = torch.ge(by_neuron, floor[:, None], out=self.scratch("fold_mask", by_neuron.shape, torch.bool, vals.device))
         if filling:
             mask &= by_neuron > -torch.inf  # -inf marks padding
         group = _group_by_row(mask)
         if group is None:
             return
-        rows, g, at, r, shape = group
-        cand_v = torch.full(shape, -torch.inf)
-        cand_s = torch.full(shape, -1, dtype=torch.int64)
-        cand_p = torch.full(shape, -1, dtype=torch.int64)
-        cand_v[g, at] = vals[r, rows[g]]
-        cand_s[g, at] = samples[r // w]
-        cand_p[g, at] = r % w
-        self._merge_tokens(m, rows, cand_v, cand_s, cand_p, slots_)
+        rows, g, _, r, _ = group
+        self._merge_tokens(m, rows, _padded(group, vals[r, rows[g]], -torch.inf), _padded(group, samples[r // w], -1),
+                           _padded(group, r % w, -1), slots_)
 
     def _merge_tokens(self, m: str, rows: torch.Tensor | None, value, sample, pos, slots_: int) -> None:
         """Fold candidate tokens ([M, c] each) into the kept exemplars of `rows` (None: all neurons)."""
@@ -336,13 +341,10 @@ class LayerState:
             group = _group_by_row(smax.T >= t["top_value"].amin(1)[:, None])  # [N, B]
             if group is None:
                 return
-            rows, g, at, r, shape = group
-            new_v = torch.full(shape, -torch.inf)
-            new_s = torch.full(shape, _PACKED_KEY_LIMIT - 1, dtype=torch.int64)  # padding: loses to any slot, even an empty one
-            new_b = torch.zeros(shape, dtype=torch.int64)
-            new_v[g, at] = smax[r, rows[g]]
-            new_s[g, at] = samples[r]
-            new_b[g, at] = r
+            rows, g, _, r, _ = group
+            new_v = _padded(group, smax[r, rows[g]], -torch.inf)
+            new_s = _padded(group, samples[r], _PACKED_KEY_LIMIT - 1)  # padding: loses to any slot, even an empty one
+            new_b = _padded(group, r, 0)
             top_v, top_s = t["top_value"][rows], t["top_sample"][rows]
         else:
             rows, new_v = None, smax.T  # [N, B]

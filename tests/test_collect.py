@@ -13,7 +13,7 @@ from PIL import Image
 
 from neuronwidgets.datasets import Sample, SampleList
 from neuronwidgets.index import IndexFormatError, NeuronIndex, RandomSet
-from neuronwidgets.reduce import HIST_EDGES, LayerState, codes_from_histogram
+from neuronwidgets.reduce import FRESH, HIST_EDGES, SCRATCH, LayerState, codes_from_histogram
 
 CAPTIONS = ["a red circle", "blue", "the red square is a shape", "a", "what is the blue circle"]
 
@@ -331,6 +331,7 @@ def _fold_batches(acts, sparse: bool, k: int = 5):
     P = 4
     state = LayerState(N, P, T - P, top_k=k, token_k=k, random_k=0, bits=4)
     state.sparse = sparse
+    state.scratch = SCRATCH if sparse else FRESH  # as on a GPU: fresh buffers
     for i in range(nb):
         valid = torch.ones(B, T - P, dtype=torch.bool)
         valid[::2, -2:] = False  # some padding
