@@ -74,6 +74,11 @@ def _layer_file(path: Path, layer: int) -> Path:
     return path / "layers" / f"layer_{layer:03d}.safetensors"
 
 
+def map_codes(stored: np.ndarray, width: int, bits: int) -> np.ndarray:
+    """Stored map codes as one uint8 per patch or token (4-bit maps are stored two to a byte)."""
+    return unpack4(stored, width) if bits == 4 else stored
+
+
 def _smallest_uint(limit: int):
     """The smallest unsigned dtype that holds 0..limit."""
     return next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if limit <= np.iinfo(t).max)
@@ -123,8 +128,7 @@ def top_code_histograms(arrays: dict[str, np.ndarray], manifest: dict, modality:
     """[neurons, top_k, levels]: every top sample's histogram of its map codes 1..levels."""
     bits = manifest["map_bits"]
     width = manifest["n_patches"] if modality == "image" else manifest["max_text_tokens"]
-    codes = arrays[f"top_{modality}_codes"]
-    codes = unpack4(codes, width) if bits == 4 else codes
+    codes = map_codes(arrays[f"top_{modality}_codes"], width, bits)
     kept = code_histogram(torch.from_numpy(np.ascontiguousarray(codes)), (1 << bits) - 1).to(torch.int32).numpy()
     return np.concatenate([kept, arrays[f"top_{modality}_hist"].astype(np.int32)], axis=1)
 
@@ -136,8 +140,7 @@ def arrays_to_state(arrays: dict[str, np.ndarray], stats: pd.DataFrame, m: dict,
     n_random = arrays["random_value"].shape[0]
 
     def codes(name, width):
-        v = arrays[name]
-        return unpack4(v, width) if bits == 4 else v
+        return map_codes(arrays[name], width, bits)
 
     t = {}
     for mod in MODALITIES:
@@ -388,8 +391,7 @@ class NeuronIndex:
         rows, cols = self.grid
 
         def codes(name, width, *idx):
-            v = arrays[name][idx]
-            return unpack4(v, width) if bits == 4 else v
+            return map_codes(arrays[name][idx], width, bits)
 
         out = []
         if kind == "top":
