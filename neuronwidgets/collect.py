@@ -155,12 +155,8 @@ def process_batch(session, samples, batch: list[int], layers, state: dict[int, L
     sample_ids = torch.tensor(batch, dtype=torch.int64, device=device)
     ip, tp_, tv = (torch.as_tensor(x, device=device) for x in (image_pos, text_pos, text_valid))
 
-    starts = image_pos[:, 0]
-    contiguous = (image_pos == starts[:, None] + np.arange(image_pos.shape[1])).all() and (starts == starts[0]).all()
-    offset = int(starts[0]) if contiguous else None
-
     def reduce(layer, acts):
-        state[layer].update(acts, ip, tp_, tv, sample_ids, slots, image_offset=offset)
+        state[layer].update(acts, ip, tp_, tv, sample_ids, slots)
 
     session.forward_record(encoded, layers, on_activation=reduce)
     return rows

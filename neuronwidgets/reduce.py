@@ -73,6 +73,7 @@ SCRATCH, FRESH = Scratch(), Scratch(reuse=False)
 
 
 MODALITIES = ("image", "text")
+PENDING_SHARE = 0.25
 
 
 def top_order(values: torch.Tensor, keys: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
@@ -168,31 +169,58 @@ def codes_from_histogram(hist: torch.Tensor, length: int) -> torch.Tensor:
     return (levels - torch.searchsorted(at_least.contiguous(), pos, right=True)).to(torch.uint8)
 
 
-def _group_by_row(mask: torch.Tensor):
-    """The True entries of an [N, R] mask, row by row: (rows, group, slot, column, (groups, width)).
+def _group_sorted(ids: torch.Tensor):
+    """Entries by row, `ids` (their rows) ascending: (rows, group, slot, (groups, width)), or None when empty.
 
-    Entry i is column[i] of row rows[group[i]], and goes to [group[i], slot[i]] of a padded
-    [groups, width] array. None when the mask is empty.
+    Entry i belongs to row rows[group[i]] and goes to [group[i], slot[i]] of a padded
+    [groups, width] array (see `_padded`).
     """
-    n, col = mask.nonzero(as_tuple=True)  # row-major: by row, then column
-    if n.numel() == 0:
+    if ids.numel() == 0:
         return None
-    rows, counts = torch.unique_consecutive(n, return_counts=True)
-    group = torch.repeat_interleave(torch.arange(rows.numel()), counts)
-    slot = torch.arange(n.numel()) - (counts.cumsum(0) - counts)[group]
-    return rows, group, slot, col, (rows.numel(), int(counts.max()))
+    rows, counts = torch.unique_consecutive(ids, return_counts=True)
+    group = torch.repeat_interleave(torch.arange(rows.numel(), device=ids.device), counts)
+    slot = torch.arange(ids.numel(), device=ids.device) - (counts.cumsum(0) - counts)[group]
+    return rows, group, slot, (rows.numel(), int(counts.max()))
 
 
 def _padded(group, values: torch.Tensor, fill) -> torch.Tensor:
-    """The grouped entries' `values` laid out as `_group_by_row`'s padded [groups, width] array, `fill` elsewhere."""
-    _, g, slot, _, shape = group
+    """The grouped entries' `values` laid out as `_group_sorted`'s padded [groups, width] array, `fill` elsewhere."""
+    _, g, slot, shape = group
     out = torch.full(shape, fill, dtype=values.dtype, device=values.device)
     out[g, slot] = values
     return out
 
 
+class _Pending:
+    """Candidates for one kind of top-k list, buffered between merges: columns of equal length, neuron first."""
+
+    def __init__(self):
+        self.parts: list[tuple[torch.Tensor, ...]] = []
+        self.size = 0
+
+    def add(self, *columns: torch.Tensor) -> None:
+        self.parts.append(columns)
+        self.size += columns[0].numel()
+
+    def take(self):
+        """All buffered columns, sorted by neuron (stably: each batch's own order kept), and the buffer emptied."""
+        parts, self.parts, self.size = self.parts, [], 0
+        if not parts:
+            return None
+        cols = [torch.cat(c) if len(parts) > 1 else c[0] for c in zip(*parts)]
+        if len(parts) > 1:
+            order = torch.argsort(cols[0], stable=True)
+            cols = [c[order] for c in cols]
+        return cols
+
+
 class LayerState:
-    """The reductions of one layer's `n` neurons over the samples seen so far."""
+    """The reductions of one layer's `n` neurons over the samples seen so far.
+
+    On a CPU the top-k lists take candidates lazily: a batch only picks out what can still
+    enter (at or above a lower bound of each neuron's k-th best) and buffers it; the buffer is
+    merged in when it grows, or when `t` is read. Reading `t` always gives the exact state.
+    """
 
     def __init__(self, n: int, n_patches: int, max_text: int, top_k: int, token_k: int, random_k: int, bits: int, device="cpu"):
         if top_k < 1 or token_k < 1:
@@ -204,51 +232,72 @@ class LayerState:
         self.sparse = dev.type == "cpu"
         self.scratch = SCRATCH if self.sparse else FRESH
         f64, i64 = torch.float64, torch.int64
-        self.t: dict[str, torch.Tensor] = {}
+        t: dict[str, torch.Tensor] = {}
         for m in MODALITIES:
-            self.t[f"{m}_count"] = torch.zeros((), dtype=i64, device=dev)
-            self.t[f"{m}_sum"] = torch.zeros(n, dtype=f64, device=dev)
-            self.t[f"{m}_sumsq"] = torch.zeros(n, dtype=f64, device=dev)
-            self.t[f"{m}_max"] = torch.full((n,), -torch.inf, dtype=torch.float32, device=dev)
-            self.t[f"{m}_hist"] = torch.zeros((n, N_BINS), dtype=i64, device=dev)
-            self.t[f"tok_{m}_value"] = torch.full((n, token_k), -torch.inf, dtype=torch.float32, device=dev)
-            self.t[f"tok_{m}_sample"] = torch.full((n, token_k), -1, dtype=i64, device=dev)
-            self.t[f"tok_{m}_pos"] = torch.full((n, token_k), -1, dtype=i64, device=dev)
-        self.t["top_value"] = torch.full((n, top_k), -torch.inf, dtype=torch.float32, device=dev)
-        self.t["top_sample"] = torch.full((n, top_k), -1, dtype=i64, device=dev)
-        self.t["top_image_codes"] = torch.zeros((n, top_k, self.P), dtype=torch.uint8, device=dev)
-        self.t["top_text_codes"] = torch.zeros((n, top_k, self.Tm), dtype=torch.uint8, device=dev)
-        self.t["random_value"] = torch.zeros((random_k, n), dtype=torch.float32, device=dev)
-        self.t["random_image_codes"] = torch.zeros((random_k, n, self.P), dtype=torch.uint8, device=dev)
-        self.t["random_text_codes"] = torch.zeros((random_k, n, self.Tm), dtype=torch.uint8, device=dev)
+            t[f"{m}_count"] = torch.zeros((), dtype=i64, device=dev)
+            t[f"{m}_sum"] = torch.zeros(n, dtype=f64, device=dev)
+            t[f"{m}_sumsq"] = torch.zeros(n, dtype=f64, device=dev)
+            t[f"{m}_max"] = torch.full((n,), -torch.inf, dtype=torch.float32, device=dev)
+            t[f"{m}_hist"] = torch.zeros((n, N_BINS), dtype=i64, device=dev)
+            t[f"tok_{m}_value"] = torch.full((n, token_k), -torch.inf, dtype=torch.float32, device=dev)
+            t[f"tok_{m}_sample"] = torch.full((n, token_k), -1, dtype=i64, device=dev)
+            t[f"tok_{m}_pos"] = torch.full((n, token_k), -1, dtype=i64, device=dev)
+        t["top_value"] = torch.full((n, top_k), -torch.inf, dtype=torch.float32, device=dev)
+        t["top_sample"] = torch.full((n, top_k), -1, dtype=i64, device=dev)
+        t["top_image_codes"] = torch.zeros((n, top_k, self.P), dtype=torch.uint8, device=dev)
+        t["top_text_codes"] = torch.zeros((n, top_k, self.Tm), dtype=torch.uint8, device=dev)
+        t["random_value"] = torch.zeros((random_k, n), dtype=torch.float32, device=dev)
+        t["random_image_codes"] = torch.zeros((random_k, n, self.P), dtype=torch.uint8, device=dev)
+        t["random_text_codes"] = torch.zeros((random_k, n, self.Tm), dtype=torch.uint8, device=dev)
+        self._t = t
         self._bin_offsets = torch.arange(n, device=dev, dtype=torch.int32)[None, :] * N_BINS
+        self._pending = {"image": _Pending(), "text": _Pending(), "top": _Pending()}
+        # Buffer about a quarter of a list's entries before merging: merges cost O(1) per candidate.
+        self._limit = {"image": int(n * token_k * PENDING_SHARE), "text": int(n * token_k * PENDING_SHARE), "top": int(n * top_k * PENDING_SHARE)}
+        self._floors: dict[str, torch.Tensor] | None = None
+
+    @property
+    def t(self) -> dict[str, torch.Tensor]:
+        """All arrays by name, exact (buffered candidates merged in). Writable."""
+        self.flush()
+        self._floors = None  # the caller may write: recompute the lower bounds before the next batch
+        return self._t
+
+    def flush(self) -> None:
+        """Merge the buffered candidates into the top-k lists."""
+        for m in MODALITIES:
+            self._flush_tokens(m)
+        self._flush_top()
+
+    def _lower_bounds(self) -> dict[str, torch.Tensor]:
+        """Per neuron, values below which nothing can enter a list: its k-th best kept (-inf until full)."""
+        if self._floors is None:
+            t = self._t
+            self._floors = {m: t[f"tok_{m}_value"][:, -1].clone() for m in MODALITIES}  # kept lists are sorted
+            self._floors["top"] = t["top_value"].amin(1)  # top slots are unordered
+        return self._floors
 
     # --- one batch -----------------------------------------------------------
     def update(self, acts: torch.Tensor, image_pos: torch.Tensor, text_pos: torch.Tensor, text_valid: torch.Tensor,
-               samples: torch.Tensor, random_slots: list[tuple[int, int]], image_offset: int | None = None) -> None:
+               samples: torch.Tensor, random_slots: list[tuple[int, int]]) -> None:
         """Fold a batch in. acts [B, T, N]; image_pos [B, P]; text_pos/text_valid [B, Tm]; samples [B].
-
-        image_offset: where every sample's patches start, when they all start at the same place
-        (then they are read as a slice, not gathered).
 
         Top-k records live in unordered slots during collection: a batch writes only the
         (neuron, slot) pairs it takes over, so the cost after warm-up is a few gathers, not a
         rewrite of every neuron's maps. Saving sorts them into the canonical order.
         """
-        t = self.t
+        t = self._t
         B = acts.shape[0]
         width = int(text_valid.sum(1).max().item()) if text_valid.numel() else 0  # this batch's longest text
         text_pos, text_valid = text_pos[:, :width], text_valid[:, :width]
         b_idx = torch.arange(B, device=acts.device)[:, None]
         scratch = self.scratch
-        if image_offset is not None:
-            window = acts[:, image_offset : image_offset + self.P]
-            img = scratch("img", window.shape, torch.float32, acts.device).copy_(window)  # [B, P, N]
-        else:
-            img = acts[b_idx, image_pos].float()
+        rows = (b_idx * acts.shape[1] + image_pos).reshape(-1)
+        img = torch.index_select(acts.reshape(-1, self.n), 0, rows, out=scratch("img", (B * self.P, self.n), acts.dtype, acts.device))
+        img = img.view(B, self.P, self.n).float()
         valid = text_valid[:, :, None]
-        text_rows = (b_idx * acts.shape[1] + text_pos).reshape(-1)
-        txt = torch.index_select(acts.reshape(-1, self.n), 0, text_rows, out=scratch("txt", (B * width, self.n), acts.dtype, acts.device))
+        rows = (b_idx * acts.shape[1] + text_pos).reshape(-1)
+        txt = torch.index_select(acts.reshape(-1, self.n), 0, rows, out=scratch("txt", (B * width, self.n), acts.dtype, acts.device))
         txt = txt.view(B, width, self.n).float()
         txt_ninf = scratch("txt_ninf", txt.shape, txt.dtype, acts.device).copy_(txt).masked_fill_(~valid, -torch.inf)
         img_flat, txt_flat = img.reshape(-1, self.n), txt[text_valid]
@@ -263,19 +312,14 @@ class LayerState:
             t[f"{m}_sumsq"] += square.sum(0).double()
             offs = hist_bins(flat, scratch).add_(self._bin_offsets)
             t[f"{m}_hist"] += torch.bincount(offs.view(-1), minlength=self.n * N_BINS).view(self.n, N_BINS)
-        # token exemplars per modality: key = sample * (slots + 1) + position
-        for m, vals, w, slots_ in (("image", img, self.P, self.P), ("text", txt_ninf, width, self.Tm)):
-            if w == 0:
-                continue
-            if self.sparse:
-                self._fold_tokens_sparse(m, vals.reshape(B * w, self.n), w, slots_, samples)
-            else:
-                self._fold_tokens_dense(m, vals.reshape(B * w, self.n), w, slots_, samples)
         # top samples by the neuron's largest activation on the sample (patches and text tokens)
         smax = img.amax(1)
         if width:
             smax = torch.maximum(smax, txt_ninf.amax(1))  # [B, N]
-        self._update_top(smax, samples, img, txt, text_valid, width)
+        for m, vals in (("image", img), ("text", txt_ninf)):
+            if vals.shape[1]:
+                (self._offer_tokens if self.sparse else self._fold_tokens_dense)(m, vals, samples)
+        (self._offer_top if self.sparse else self._update_top_dense)(smax, samples, img, txt, text_valid, width)
         for slot, b in random_slots:
             scale = smax[b].clamp(min=0)[:, None]
             t["random_value"][slot] = smax[b]
@@ -284,46 +328,58 @@ class LayerState:
             if width:
                 t["random_text_codes"][slot, :, :width] = quantize(txt[b].T, scale, self.bits) * text_valid[b][None].to(torch.uint8)
 
-    def _fold_tokens_dense(self, m: str, vals: torch.Tensor, w: int, slots_: int, samples: torch.Tensor) -> None:
-        """Token exemplars, fixed shapes (no device sync): the batch's best k per neuron, then the exact order."""
-        t = self.t
-        flat_v = vals.T  # [N, B * w]; column r = (sample r // w, position r % w)
+    def _fold_tokens_dense(self, m: str, vals: torch.Tensor, samples: torch.Tensor) -> None:
+        """Token exemplars from vals [B, w, N], fixed shapes (no device sync): the batch's best k per neuron, then the exact order."""
+        B, w, n = vals.shape
+        flat_v = vals.permute(2, 0, 1).reshape(n, B * w)  # column r = (sample r // w, position r % w)
         if flat_v.shape[1] > self.token_k:
             # Pre-select the batch's best tokens (linear time) before the exact total-order sort.
             # (topk along the last axis of the transposed copy measured faster on an H100 than along axis 0.)
             pick = torch.topk(flat_v, self.token_k, dim=1, sorted=False).indices
             flat_v = torch.gather(flat_v, 1, pick)
         else:
-            pick = torch.arange(flat_v.shape[1], device=flat_v.device)[None].expand(self.n, -1)
-        self._merge_tokens(m, None, flat_v, samples[pick // w], pick % w, slots_)
+            pick = torch.arange(flat_v.shape[1], device=flat_v.device)[None].expand(n, -1)
+        self._merge_tokens(m, None, flat_v, samples[pick // w], pick % w)
 
-    def _fold_tokens_sparse(self, m: str, vals: torch.Tensor, w: int, slots_: int, samples: torch.Tensor) -> None:
-        """Token exemplars from only the batch's tokens that can enter: those at or above the worst kept.
+    def _offer_tokens(self, m: str, vals: torch.Tensor, samples: torch.Tensor) -> None:
+        """Buffer the tokens of vals [B, w, N] that can still enter a neuron's exemplars: those at or above its bound.
 
-        On a CPU a data-dependent shape costs nothing, and after a few batches almost no token
-        beats a neuron's k-th best, so almost nothing is sorted. Ties are kept as candidates,
-        so the result is the exact total order (as the dense path's, bar ties at its pre-selection).
+        After a few batches almost no token beats a neuron's k-th best, so almost nothing is
+        kept. Ties are kept, so the merged result is the exact total order.
         """
         k = self.token_k
-        floor = self.t[f"tok_{m}_value"][:, -1]  # the worst kept (kept lists are sorted); -inf until full
+        floors = self._lower_bounds()
+        floor = floors[m]
         filling = bool(torch.isneginf(floor).any())
-        if filling and vals.shape[0] > k:
-            kth = torch.topk(vals.nan_to_num(nan=-torch.inf), k, dim=0).values[-1]  # the batch's own k-th best
-            floor = torch.maximum(floor, kth)
-        by_neuron = vals.T  # [N, B * w]
+        if filling and vals.shape[0] * vals.shape[1] >= k:  # the batch's own k-th best is a lower bound too
+            kth = torch.topk(vals.view(-1, vals.shape[2]).nan_to_num(nan=-torch.inf), k, dim=0).values[-1]
+            floor = floors[m] = torch.maximum(floor, kth)
+        w = vals.shape[1]
+        flat = vals.view(-1, vals.shape[2])  # [B * w, N]: row r = (sample r // w, position r % w)
+        by_neuron = flat.T
         mask = torch.ge(by_neuron, floor[:, None], out=self.scratch("fold_mask", by_neuron.shape, torch.bool, vals.device))
         if filling:
             mask &= by_neuron > -torch.inf  # -inf marks padding
-        group = _group_by_row(mask)
-        if group is None:
-            return
-        rows, g, _, r, _ = group
-        self._merge_tokens(m, rows, _padded(group, vals[r, rows[g]], -torch.inf), _padded(group, samples[r // w], -1),
-                           _padded(group, r % w, -1), slots_)
+        n, r = mask.nonzero(as_tuple=True)  # neuron-major
+        if n.numel():
+            self._pending[m].add(n, flat[r, n], samples[r // w], r % w)
+        if self._pending[m].size >= self._limit[m]:
+            self._flush_tokens(m)
 
-    def _merge_tokens(self, m: str, rows: torch.Tensor | None, value, sample, pos, slots_: int) -> None:
+    def _flush_tokens(self, m: str) -> None:
+        cols = self._pending[m].take()
+        if cols is None:
+            return
+        n, value, sample, pos = cols
+        group = _group_sorted(n)
+        self._merge_tokens(m, group[0], _padded(group, value, -torch.inf), _padded(group, sample, -1), _padded(group, pos, -1))
+        if self._floors is not None:
+            self._floors[m] = self._t[f"tok_{m}_value"][:, -1].clone()
+
+    def _merge_tokens(self, m: str, rows: torch.Tensor | None, value, sample, pos) -> None:
         """Fold candidate tokens ([M, c] each) into the kept exemplars of `rows` (None: all neurons)."""
-        t = self.t
+        t = self._t
+        slots_ = self.P if m == "image" else self.Tm
         names = (f"tok_{m}_value", f"tok_{m}_sample", f"tok_{m}_pos")
         kept = [t[n] if rows is None else t[n][rows] for n in names]
         cand = [torch.cat([old, new], 1) for old, new in zip(kept, (value, sample, pos))]
@@ -335,41 +391,76 @@ class LayerState:
             else:
                 t[n][rows] = torch.gather(c, 1, idx)
 
-    def _update_top(self, smax, samples, img, txt, text_valid, width) -> None:
-        t, k = self.t, self.top_k
-        if self.sparse:  # only the (sample, neuron) pairs at or above the neuron's worst kept
-            group = _group_by_row(smax.T >= t["top_value"].amin(1)[:, None])  # [N, B]
-            if group is None:
-                return
-            rows, g, _, r, _ = group
-            new_v = _padded(group, smax[r, rows[g]], -torch.inf)
-            new_s = _padded(group, samples[r], _PACKED_KEY_LIMIT - 1)  # padding: loses to any slot, even an empty one
-            new_b = _padded(group, r, 0)
-            top_v, top_s = t["top_value"][rows], t["top_sample"][rows]
-        else:
-            rows, new_v = None, smax.T  # [N, B]
-            new_s = samples[None].expand(self.n, -1)
-            new_b = torch.arange(smax.shape[0], device=smax.device)[None].expand(self.n, -1)
-            top_v, top_s = t["top_value"], t["top_sample"]
+    def _offer_top(self, smax, samples, img, txt, text_valid, width) -> None:
+        """Buffer the (sample, neuron) pairs at or above the neuron's bound, with their quantised maps."""
+        floors = self._lower_bounds()
+        n, b = (smax.T >= floors["top"][:, None]).nonzero(as_tuple=True)  # [N, B], neuron-major
+        if n.numel():
+            value = smax[b, n]
+            image_codes, text_codes = self._sample_codes(value, b, n, img, txt, text_valid, width)
+            self._pending["top"].add(n, value, samples[b], image_codes, text_codes)
+        if self._pending["top"].size >= self._limit["top"]:
+            self._flush_top()
+
+    def _sample_codes(self, value, b, n, img, txt, text_valid, width):
+        """The patch and text maps ([c, P], [c, Tm] uint8) of samples b on neurons n, on the sample's own scale."""
+        scale = value.clamp(min=0)[:, None]
+        image_codes = quantize(img[b, :, n], scale, self.bits)
+        text_codes = torch.zeros((n.numel(), self.Tm), dtype=torch.uint8, device=n.device)
+        if width:
+            text_codes[:, :width] = quantize(txt[b, :, n], scale, self.bits) * text_valid[b].to(torch.uint8)
+        return image_codes, text_codes
+
+    def _flush_top(self) -> None:
+        cols = self._pending["top"].take()
+        if cols is not None:
+            n, value, sample, image_codes, text_codes = cols
+            group = _group_sorted(n)
+            rows = group[0]
+            new_s = _padded(group, sample, _PACKED_KEY_LIMIT - 1)  # padding: loses to any slot, even an empty one
+            taken = self._take_slots(rows, _padded(group, value, -torch.inf), new_s)
+            if taken is not None:
+                n_sel, slot, chosen = taken
+                c = _padded(group, torch.arange(n.numel(), device=n.device), 0)[chosen]  # row-major, as n_sel
+                self._write_slots(n_sel, slot, value[c], sample[c], image_codes[c], text_codes[c])
+        if self._floors is not None:
+            self._floors["top"] = self._t["top_value"].amin(1)
+
+    def _take_slots(self, rows, new_v, new_s):
+        """Which kept top slots the candidates [M, c] of `rows` (None: all) take over.
+
+        Returns (neuron, slot, chosen) with chosen [M, c] marking the candidates that enter, in
+        the same row-major order as (neuron, slot); None when nothing enters.
+        """
+        t, k = self._t, self.top_k
+        top_v, top_s = (t["top_value"], t["top_sample"]) if rows is None else (t["top_value"][rows], t["top_sample"][rows])
         cand_v = torch.cat([top_v, new_v], 1)  # [M, k + c]
         cand_s = torch.cat([top_s, new_s], 1)
         idx = top_order(cand_v, cand_s, k, ordered=False)  # slots are unordered: which, not in what order
         chosen = torch.zeros_like(cand_v, dtype=torch.bool).scatter_(1, idx, True)
-        # Each neuron loses as many old slots as it gains batch samples: pair them in order.
+        # Each neuron loses as many old slots as it gains candidates: pair them in order.
         m_sel, slot = (~chosen[:, :k]).nonzero(as_tuple=True)
         if m_sel.numel() == 0:
-            return
-        b = new_b[chosen[:, k:]]  # row-major, as nonzero above
-        n_sel = m_sel if rows is None else rows[m_sel]
-        value = smax[b, n_sel]
+            return None
+        return (m_sel if rows is None else rows[m_sel]), slot, chosen[:, k:]
+
+    def _write_slots(self, n_sel, slot, value, sample, image_codes, text_codes) -> None:
+        t = self._t
         t["top_value"][n_sel, slot] = value
-        t["top_sample"][n_sel, slot] = samples[b]
-        scale = value.clamp(min=0)[:, None]
-        t["top_image_codes"][n_sel, slot] = quantize(img[b, :, n_sel], scale, self.bits)
-        t["top_text_codes"][n_sel, slot] = 0
-        if width:
-            codes = quantize(txt[b, :, n_sel], scale, self.bits) * text_valid[b].to(torch.uint8)
-            t["top_text_codes"][n_sel[:, None], slot[:, None], torch.arange(width, device=smax.device)[None, :]] = codes
+        t["top_sample"][n_sel, slot] = sample
+        t["top_image_codes"][n_sel, slot] = image_codes
+        t["top_text_codes"][n_sel, slot] = text_codes
+
+    def _update_top_dense(self, smax, samples, img, txt, text_valid, width) -> None:
+        """Top samples with fixed shapes (no device sync): every (sample, neuron) pair competes."""
+        new_s = samples[None].expand(self.n, -1)
+        taken = self._take_slots(None, smax.T, new_s)
+        if taken is None:
+            return
+        n_sel, slot, chosen = taken
+        b = torch.arange(smax.shape[0], device=smax.device)[None].expand(self.n, -1)[chosen]
+        value = smax[b, n_sel]
+        self._write_slots(n_sel, slot, value, samples[b], *self._sample_codes(value, b, n_sel, img, txt, text_valid, width))
 
     def canonical_top(self) -> dict[str, torch.Tensor]:
         """The top-k arrays sorted per neuron: value descending, then sample ascending."""

@@ -336,7 +336,7 @@ def _fold_batches(acts, sparse: bool, k: int = 5):
         valid = torch.ones(B, T - P, dtype=torch.bool)
         valid[::2, -2:] = False  # some padding
         state.update(acts[i], torch.arange(P).repeat(B, 1), (torch.arange(T - P) + P).repeat(B, 1), valid,
-                     torch.arange(B) + i * B, [], image_offset=0)
+                     torch.arange(B) + i * B, [])
     return state
 
 
@@ -405,7 +405,7 @@ def test_a_nan_activation_never_duplicates_a_sample():
     acts[2, 0, 1] = float("nan")  # neuron 1 on sample 102
     state = LayerState(3, 4, 2, top_k=8, token_k=4, random_k=0, bits=4)
     state.update(acts, torch.arange(4).repeat(6, 1), (torch.arange(2) + 4).repeat(6, 1), torch.ones(6, 2, dtype=torch.bool),
-                 torch.arange(6) + 100, [], image_offset=0)
+                 torch.arange(6) + 100, [])
     for n in range(3):
         kept = [s for s in state.canonical_top()["top_sample"][n].tolist() if s >= 0]
         assert len(kept) == len(set(kept)), kept
