@@ -23,6 +23,7 @@ _POS_EDGES = np.array([2.0**e * f for e in range(_LOW_EXP, _HIGH_EXP) for f in (
 HIST_EDGES = np.concatenate([-_POS_EDGES[::-1], [0.0], _POS_EDGES])
 N_BINS = len(HIST_EDGES) + 1
 _N_POS = len(_POS_EDGES)
+_ZERO_BIN = _N_POS  # the bin of 0.0: (-2^-10, 0]
 # (|x| bits) >> 22 is 2 * biased exponent + first mantissa bit; for 2^-10 it is 2 * (127 - 10).
 _BITS_BELOW_FIRST_EDGE = 2 * (127 + _LOW_EXP) - 1
 
@@ -111,12 +112,16 @@ def sorted_top_order(values: torch.Tensor, keys: torch.Tensor, k: int) -> torch.
 
 
 def quantize(values: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """round((2^bits - 1) * relu(v) / scale) as uint8; zero where scale <= 0."""
+    """round((2^bits - 1) * relu(v) / scale) as uint8, where `scale` is at least the values' maximum.
+
+    Where scale <= 0 every relu(v) is 0, and so is the code; NaN gives 0.
+    """
     q = (1 << bits) - 1
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = torch.round(q * torch.clamp(values, min=0) / safe)
-    codes = torch.where(scale > 0, codes, torch.zeros_like(codes))
-    return codes.clamp_(0, q).to(torch.uint8)
+    codes = torch.clamp(values, min=0).mul_(q).div_(scale.clamp(min=_TINY)).round_()
+    return codes.nan_to_num_(0.0).clamp_(max=q).to(torch.uint8)
+
+
+_TINY = float(np.finfo(np.float32).tiny)
 
 
 def dequantize(codes: np.ndarray, scale, bits: int) -> np.ndarray:
@@ -192,7 +197,7 @@ def _padded(group, values: torch.Tensor, fill) -> torch.Tensor:
 
 
 class _Pending:
-    """Candidates for one kind of top-k list, buffered between merges: columns of equal length, neuron first."""
+    """Candidates for one kind of top-k list, buffered between merges: columns of equal length, the neuron first."""
 
     def __init__(self):
         self.parts: list[tuple[torch.Tensor, ...]] = []
@@ -203,15 +208,13 @@ class _Pending:
         self.size += columns[0].numel()
 
     def take(self):
-        """All buffered columns, sorted by neuron (stably: each batch's own order kept), and the buffer emptied."""
+        """All buffered columns, sorted by neuron, and the buffer emptied."""
         parts, self.parts, self.size = self.parts, [], 0
         if not parts:
             return None
         cols = [torch.cat(c) if len(parts) > 1 else c[0] for c in zip(*parts)]
-        if len(parts) > 1:
-            order = torch.argsort(cols[0], stable=True)
-            cols = [c[order] for c in cols]
-        return cols
+        order = torch.argsort(cols[0], stable=True)
+        return [c[order] for c in cols]
 
 
 class LayerState:
@@ -278,6 +281,21 @@ class LayerState:
         return self._floors
 
     # --- one batch -----------------------------------------------------------
+    def _gather(self, name: str, acts: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """acts[b, pos[b, j]] for every b, j as float32 [B, J, N] (in a reused buffer on a CPU)."""
+        B, J = pos.shape
+        rows = (torch.arange(B, device=acts.device)[:, None] * acts.shape[1] + pos).reshape(-1)
+        out = self.scratch(name, (B * J, self.n), acts.dtype, acts.device)
+        return torch.index_select(acts.reshape(-1, self.n), 0, rows, out=out).view(B, J, self.n).float()
+
+    def _padding_filler(self, txt: torch.Tensor, text_valid: torch.Tensor):
+        """A function that sets the padding of txt [B, w, N] to a value: whole rows on a CPU, a mask (no sync) on a GPU."""
+        if self.sparse:
+            rows = (~text_valid).view(-1).nonzero().view(-1)
+            return lambda value: txt.view(-1, self.n).index_fill_(0, rows, value)
+        padding = ~text_valid[:, :, None]
+        return lambda value: txt.masked_fill_(padding, value)
+
     def update(self, acts: torch.Tensor, image_pos: torch.Tensor, text_pos: torch.Tensor, text_valid: torch.Tensor,
                samples: torch.Tensor, random_slots: list[tuple[int, int]]) -> None:
         """Fold a batch in. acts [B, T, N]; image_pos [B, P]; text_pos/text_valid [B, Tm]; samples [B].
@@ -287,46 +305,50 @@ class LayerState:
         rewrite of every neuron's maps. Saving sorts them into the canonical order.
         """
         t = self._t
-        B = acts.shape[0]
+        B, n = acts.shape[0], self.n
         width = int(text_valid.sum(1).max().item()) if text_valid.numel() else 0  # this batch's longest text
         text_pos, text_valid = text_pos[:, :width], text_valid[:, :width]
-        b_idx = torch.arange(B, device=acts.device)[:, None]
-        scratch = self.scratch
-        rows = (b_idx * acts.shape[1] + image_pos).reshape(-1)
-        img = torch.index_select(acts.reshape(-1, self.n), 0, rows, out=scratch("img", (B * self.P, self.n), acts.dtype, acts.device))
-        img = img.view(B, self.P, self.n).float()
-        valid = text_valid[:, :, None]
-        rows = (b_idx * acts.shape[1] + text_pos).reshape(-1)
-        txt = torch.index_select(acts.reshape(-1, self.n), 0, rows, out=scratch("txt", (B * width, self.n), acts.dtype, acts.device))
-        txt = txt.view(B, width, self.n).float()
-        txt_ninf = scratch("txt_ninf", txt.shape, txt.dtype, acts.device).copy_(txt).masked_fill_(~valid, -torch.inf)
-        img_flat, txt_flat = img.reshape(-1, self.n), txt[text_valid]
-        for m, flat in (("image", img_flat), ("text", txt_flat)):
-            t[f"{m}_count"] += flat.shape[0]
-            if flat.shape[0] == 0:
+        img, txt = (self._gather(name, acts, pos) for name, pos in (("img", image_pos), ("txt", text_pos)))  # [B, P|width, N]
+        fill_padding = self._padding_filler(txt, text_valid)
+        n_text = text_valid.sum()  # a tensor: no device sync
+        fill_padding(0.0)  # zeros add nothing to the sums; the histogram takes them out again
+        for m, vals, n_tokens in (("image", img, B * self.P), ("text", txt, n_text)):
+            t[f"{m}_count"] += n_tokens
+            if vals.numel() == 0:
                 continue
-            t[f"{m}_max"] = torch.maximum(t[f"{m}_max"], flat.amax(0))
-            # Per-batch partial sums in float32 (cheap on any device), accumulated in float64.
+            flat = vals.view(-1, n)
+            # Per-batch partial sums in float32 (sum(dtype=float64) would convert every value first), accumulated in float64.
             t[f"{m}_sum"] += flat.sum(0).double()
-            square = torch.mul(flat, flat, out=scratch("square", flat.shape, flat.dtype, flat.device))
+            square = torch.mul(flat, flat, out=self.scratch("square", flat.shape, flat.dtype, flat.device))
             t[f"{m}_sumsq"] += square.sum(0).double()
-            offs = hist_bins(flat, scratch).add_(self._bin_offsets)
-            t[f"{m}_hist"] += torch.bincount(offs.view(-1), minlength=self.n * N_BINS).view(self.n, N_BINS)
-        # top samples by the neuron's largest activation on the sample (patches and text tokens)
-        smax = img.amax(1)
+            bins = hist_bins(flat, self.scratch).add_(self._bin_offsets)
+            t[f"{m}_hist"] += torch.bincount(bins.view(-1), minlength=n * N_BINS).view(n, N_BINS)
         if width:
-            smax = torch.maximum(smax, txt_ninf.amax(1))  # [B, N]
-        for m, vals in (("image", img), ("text", txt_ninf)):
+            t["text_hist"][:, _ZERO_BIN] -= B * width - n_text  # the padding's zeros
+        fill_padding(-torch.inf)  # from here on padding never wins a max, a top-k or a code
+        # Each sample's largest activation per neuron [B, N], by modality and overall: what the
+        # maxima, the top samples and the token pre-selection read.
+        img_max = img.amax(1)
+        txt_max = txt.amax(1) if width else None
+        t["image_max"] = torch.maximum(t["image_max"], img_max.amax(0))
+        smax = img_max
+        if width:
+            t["text_max"] = torch.maximum(t["text_max"], txt_max.amax(0))
+            smax = torch.maximum(img_max, txt_max)
+        for m, vals, vmax in (("image", img, img_max), ("text", txt, txt_max)):
             if vals.shape[1]:
-                (self._offer_tokens if self.sparse else self._fold_tokens_dense)(m, vals, samples)
-        (self._offer_top if self.sparse else self._update_top_dense)(smax, samples, img, txt, text_valid, width)
+                if self.sparse:
+                    self._offer_tokens(m, vals, vmax, samples)
+                else:
+                    self._fold_tokens_dense(m, vals, samples)
+        (self._offer_top if self.sparse else self._update_top_dense)(smax, samples, img, txt)
         for slot, b in random_slots:
-            scale = smax[b].clamp(min=0)[:, None]
+            scale = smax[b][:, None]
             t["random_value"][slot] = smax[b]
             t["random_image_codes"][slot] = quantize(img[b].T, scale, self.bits)
             t["random_text_codes"][slot] = 0
             if width:
-                t["random_text_codes"][slot, :, :width] = quantize(txt[b].T, scale, self.bits) * text_valid[b][None].to(torch.uint8)
+                t["random_text_codes"][slot, :, :width] = quantize(txt[b].T, scale, self.bits)
 
     def _fold_tokens_dense(self, m: str, vals: torch.Tensor, samples: torch.Tensor) -> None:
         """Token exemplars from vals [B, w, N], fixed shapes (no device sync): the batch's best k per neuron, then the exact order."""
@@ -341,11 +363,12 @@ class LayerState:
             pick = torch.arange(flat_v.shape[1], device=flat_v.device)[None].expand(n, -1)
         self._merge_tokens(m, None, flat_v, samples[pick // w], pick % w)
 
-    def _offer_tokens(self, m: str, vals: torch.Tensor, samples: torch.Tensor) -> None:
+    def _offer_tokens(self, m: str, vals: torch.Tensor, vmax: torch.Tensor, samples: torch.Tensor) -> None:
         """Buffer the tokens of vals [B, w, N] that can still enter a neuron's exemplars: those at or above its bound.
 
         After a few batches almost no token beats a neuron's k-th best, so almost nothing is
-        kept. Ties are kept, so the merged result is the exact total order.
+        kept; the samples' maxima vmax [B, N] rule out most (sample, neuron) pairs before any
+        token is looked at. Ties are kept, so the merged result is the exact total order.
         """
         k = self.token_k
         floors = self._lower_bounds()
@@ -354,15 +377,18 @@ class LayerState:
         if filling and vals.shape[0] * vals.shape[1] >= k:  # the batch's own k-th best is a lower bound too
             kth = torch.topk(vals.view(-1, vals.shape[2]).nan_to_num(nan=-torch.inf), k, dim=0).values[-1]
             floor = floors[m] = torch.maximum(floor, kth)
-        w = vals.shape[1]
-        flat = vals.view(-1, vals.shape[2])  # [B * w, N]: row r = (sample r // w, position r % w)
-        by_neuron = flat.T
-        mask = torch.ge(by_neuron, floor[:, None], out=self.scratch("fold_mask", by_neuron.shape, torch.bool, vals.device))
+        pair = vmax >= floor
+        pair |= vmax.isnan()  # a NaN hides the sample's other tokens from its maximum
+        b, n = pair.nonzero(as_tuple=True)
+        if b.numel() == 0:
+            return
+        seg = vals[b, :, n]  # [pairs, w]
+        enters = seg >= floor[n][:, None]
         if filling:
-            mask &= by_neuron > -torch.inf  # -inf marks padding
-        n, r = mask.nonzero(as_tuple=True)  # neuron-major
-        if n.numel():
-            self._pending[m].add(n, flat[r, n], samples[r // w], r % w)
+            enters &= seg > -torch.inf  # -inf marks padding
+        i, p = enters.nonzero(as_tuple=True)
+        if i.numel():
+            self._pending[m].add(n[i], seg[i, p], samples[b[i]], p)
         if self._pending[m].size >= self._limit[m]:
             self._flush_tokens(m)
 
@@ -391,24 +417,24 @@ class LayerState:
             else:
                 t[n][rows] = torch.gather(c, 1, idx)
 
-    def _offer_top(self, smax, samples, img, txt, text_valid, width) -> None:
+    def _offer_top(self, smax, samples, img, txt) -> None:
         """Buffer the (sample, neuron) pairs at or above the neuron's bound, with their quantised maps."""
         floors = self._lower_bounds()
         n, b = (smax.T >= floors["top"][:, None]).nonzero(as_tuple=True)  # [N, B], neuron-major
         if n.numel():
             value = smax[b, n]
-            image_codes, text_codes = self._sample_codes(value, b, n, img, txt, text_valid, width)
+            image_codes, text_codes = self._sample_codes(value, b, n, img, txt)
             self._pending["top"].add(n, value, samples[b], image_codes, text_codes)
         if self._pending["top"].size >= self._limit["top"]:
             self._flush_top()
 
-    def _sample_codes(self, value, b, n, img, txt, text_valid, width):
+    def _sample_codes(self, value, b, n, img, txt):
         """The patch and text maps ([c, P], [c, Tm] uint8) of samples b on neurons n, on the sample's own scale."""
-        scale = value.clamp(min=0)[:, None]
+        scale = value[:, None]  # the sample's maximum (quantize reads relu)
         image_codes = quantize(img[b, :, n], scale, self.bits)
         text_codes = torch.zeros((n.numel(), self.Tm), dtype=torch.uint8, device=n.device)
-        if width:
-            text_codes[:, :width] = quantize(txt[b, :, n], scale, self.bits) * text_valid[b].to(torch.uint8)
+        if txt.shape[1]:
+            text_codes[:, : txt.shape[1]] = quantize(txt[b, :, n], scale, self.bits)  # padding is -inf: code 0
         return image_codes, text_codes
 
     def _flush_top(self) -> None:
@@ -451,7 +477,7 @@ class LayerState:
         t["top_image_codes"][n_sel, slot] = image_codes
         t["top_text_codes"][n_sel, slot] = text_codes
 
-    def _update_top_dense(self, smax, samples, img, txt, text_valid, width) -> None:
+    def _update_top_dense(self, smax, samples, img, txt) -> None:
         """Top samples with fixed shapes (no device sync): every (sample, neuron) pair competes."""
         new_s = samples[None].expand(self.n, -1)
         taken = self._take_slots(None, smax.T, new_s)
@@ -460,7 +486,7 @@ class LayerState:
         n_sel, slot, chosen = taken
         b = torch.arange(smax.shape[0], device=smax.device)[None].expand(self.n, -1)[chosen]
         value = smax[b, n_sel]
-        self._write_slots(n_sel, slot, value, samples[b], *self._sample_codes(value, b, n_sel, img, txt, text_valid, width))
+        self._write_slots(n_sel, slot, value, samples[b], *self._sample_codes(value, b, n_sel, img, txt))
 
     def canonical_top(self) -> dict[str, torch.Tensor]:
         """The top-k arrays sorted per neuron: value descending, then sample ascending."""
