@@ -74,7 +74,7 @@ SCRATCH, FRESH = Scratch(), Scratch(reuse=False)
 
 
 MODALITIES = ("image", "text")
-PENDING_SHARE = 0.25
+PENDING_SHARE = 1.0
 
 
 def top_order(values: torch.Tensor, keys: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
