@@ -135,10 +135,11 @@ def paired_pass(session, data, batch_size, top_k=50, random_k=10, max_text=64) -
     from neuronwidgets.collect import process_batch
     from neuronwidgets.index import RandomSet
     from neuronwidgets.reduce import LayerState
+    from neuronwidgets.reducer import BatchReducer
 
     rows, cols = session.grid
-    layers = list(range(session.n_layers))
-    state = {l: LayerState(session.n_neurons, rows * cols, max_text, top_k, top_k, random_k, 4, session.device) for l in layers}
+    state = {l: LayerState(session.n_neurons, rows * cols, max_text, top_k, top_k, random_k, 4, session.device) for l in range(session.n_layers)}
+    reducer = BatchReducer(state, batch_size)
     random = RandomSet(random_k, 0)
     plain = collect = 0.0
     for i in range(0, len(data), batch_size):
@@ -146,13 +147,12 @@ def paired_pass(session, data, batch_size, top_k=50, random_k=10, max_text=64) -
         t0 = time.perf_counter()
         plain_pass(session, [data[j] for j in batch], batch_size)  # syncs
         t1 = time.perf_counter()
-        process_batch(session, data, batch, layers, state, random, "caption", max_text)
+        process_batch(session, data, batch, reducer, random, "caption", max_text)
         sync(session.device)
         t2 = time.perf_counter()
         plain, collect = plain + t1 - t0, collect + t2 - t1
     t0 = time.perf_counter()
-    for st in state.values():
-        st.flush()  # the candidates still buffered: part of the work
+    reducer.states()  # the candidates still buffered merged in: part of the work
     sync(session.device)
     return plain, collect + time.perf_counter() - t0
 

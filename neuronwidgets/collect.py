@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from neuronwidgets.datasets.convert import as_samples
 from neuronwidgets.index import FORMAT_VERSION, MANIFEST, IndexFormatError, NeuronIndex, RandomSet, random_key, state_to_arrays, write_index
 from neuronwidgets.reduce import HIST_EDGES, LayerState
+from neuronwidgets.reducer import BatchReducer
 from neuronwidgets.session import token_texts
 
 TEXT_SOURCES = ("generate", "caption", "prompt")
@@ -110,15 +111,17 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
             sample_rows = old.samples.to_dict("records")
             start = int(found["next_batch"])
 
+    reducer = BatchReducer(state, batch_size)
     bar = tqdm(total=len(positions), initial=sum(len(b) for b in batches[:start]), desc="collect", unit="img", disable=not progress)
     for b in range(start, len(batches)):
         batch = batches[b]
-        sample_rows += process_batch(session, samples, batch, layers, state, random, text, max_text_tokens)
+        sample_rows += process_batch(session, samples, batch, reducer, random, text, max_text_tokens)
         bar.update(len(batch))
         done = b + 1
         if path is not None and (done % checkpoint_every == 0) and done < len(batches):
-            write_index(path, {**manifest, "complete": False, "next_batch": done}, state, pd.DataFrame(sample_rows), random)
+            write_index(path, {**manifest, "complete": False, "next_batch": done}, reducer.states(), pd.DataFrame(sample_rows), random)
     bar.close()
+    state = reducer.states()
     final = {**manifest, "complete": True, "next_batch": len(batches)}
     samples_df = pd.DataFrame(sample_rows).sort_values("sample").reset_index(drop=True)
     if path is not None:
@@ -127,9 +130,9 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
     return in_memory_index(final, state, samples_df, random, dataset=samples)
 
 
-def process_batch(session, samples, batch: list[int], layers, state: dict[int, LayerState], random: RandomSet,
+def process_batch(session, samples, batch: list[int], reducer: BatchReducer, random: RandomSet,
                   text: str, max_text_tokens: int) -> list[dict]:
-    """Run one batch of dataset positions and fold it into `state`; return the samples' table rows."""
+    """Run one batch of dataset positions and fold it in with `reducer`; return the samples' table rows."""
     tok = session.tokenizer
     device = session.device
     items = [samples[i] for i in batch]
@@ -153,12 +156,8 @@ def process_batch(session, samples, batch: list[int], layers, state: dict[int, L
                      "text_tokens": token_texts(tok, ids), "text": tok.decode(ids, skip_special_tokens=True)})
     slots = [(slot, j) for j, s_idx in enumerate(batch) if (slot := random.offer(s_idx)) is not None]
     sample_ids = torch.tensor(batch, dtype=torch.int64, device=device)
-    ip, tp_, tv = (torch.as_tensor(x, device=device) for x in (image_pos, text_pos, text_valid))
-
-    def reduce(layer, acts):
-        state[layer].update(acts, ip, tp_, tv, sample_ids, slots)
-
-    session.forward_record(encoded, layers, on_activation=reduce)
+    reducer.begin(*(torch.as_tensor(x, device=device) for x in (image_pos, text_pos, text_valid)), sample_ids, slots)
+    session.forward_record(encoded, reducer.layers, on_activation=reducer)
     return rows
 
 

@@ -217,6 +217,26 @@ class _Pending:
         return [c[order] for c in cols]
 
 
+def trim_text(text_pos: torch.Tensor, text_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text positions and validity [B, Tm] cut to the batch's longest text."""
+    width = int(text_valid.sum(1).max().item()) if text_valid.numel() else 0
+    return text_pos[:, :width], text_valid[:, :width]
+
+
+def gather_tokens(acts: torch.Tensor, pos: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """acts[b, pos[b, j]] for every b, j as [B, J, N], written to `out` ([B * J, N], rows may be strided)."""
+    B, J = pos.shape
+    rows = (torch.arange(B, device=acts.device)[:, None] * acts.shape[1] + pos).reshape(-1)
+    return torch.index_select(acts.reshape(-1, acts.shape[2]), 0, rows, out=out).view(B, J, -1)
+
+
+def _neuron_axis(name: str) -> int | None:
+    """The axis of a state array that runs over neurons (None for the per-batch counts)."""
+    if name.endswith("_count"):
+        return None
+    return 1 if name.startswith("random_") else 0
+
+
 class LayerState:
     """The reductions of one layer's `n` neurons over the samples seen so far.
 
@@ -228,12 +248,8 @@ class LayerState:
     def __init__(self, n: int, n_patches: int, max_text: int, top_k: int, token_k: int, random_k: int, bits: int, device="cpu"):
         if top_k < 1 or token_k < 1:
             raise ValueError(f"top_k and token_k must be at least 1, got {top_k} and {token_k}")
-        self.n, self.P, self.Tm = n, n_patches, max_text
-        self.top_k, self.token_k, self.random_k, self.bits = top_k, token_k, random_k, bits
+        self._configure(n, n_patches, max_text, top_k, token_k, random_k, bits, device)
         dev = torch.device(device)
-        # Skip what cannot enter a top-k by data-dependent selection: free on a CPU, a device sync on a GPU.
-        self.sparse = dev.type == "cpu"
-        self.scratch = SCRATCH if self.sparse else FRESH
         f64, i64 = torch.float64, torch.int64
         t: dict[str, torch.Tensor] = {}
         for m in MODALITIES:
@@ -253,11 +269,53 @@ class LayerState:
         t["random_image_codes"] = torch.zeros((random_k, n, self.P), dtype=torch.uint8, device=dev)
         t["random_text_codes"] = torch.zeros((random_k, n, self.Tm), dtype=torch.uint8, device=dev)
         self._t = t
+
+    def _configure(self, n, n_patches, max_text, top_k, token_k, random_k, bits, device) -> None:
+        """Everything but the arrays."""
+        self.n, self.P, self.Tm = n, n_patches, max_text
+        self.top_k, self.token_k, self.random_k, self.bits = top_k, token_k, random_k, bits
+        dev = torch.device(device)
+        # Skip what cannot enter a top-k by data-dependent selection: free on a CPU, a device sync on a GPU.
+        self.sparse = dev.type == "cpu"
+        self.scratch = SCRATCH if self.sparse else FRESH
         self._bin_offsets = torch.arange(n, device=dev, dtype=torch.int32)[None, :] * N_BINS
         self._pending = {"image": _Pending(), "text": _Pending(), "top": _Pending()}
-        # Buffer about a quarter of a list's entries before merging: merges cost O(1) per candidate.
+        # Buffer as many candidates as a list holds before merging: merges cost O(1) per candidate.
         self._limit = {"image": int(n * token_k * PENDING_SHARE), "text": int(n * token_k * PENDING_SHARE), "top": int(n * top_k * PENDING_SHARE)}
         self._floors: dict[str, torch.Tensor] | None = None
+
+    def _with_arrays(self, n: int, t: dict[str, torch.Tensor]) -> "LayerState":
+        """A LayerState like this one (but for `n` neurons) over the arrays `t`, which it does not copy."""
+        state = LayerState.__new__(LayerState)
+        state._configure(n, self.P, self.Tm, self.top_k, self.token_k, self.random_k, self.bits, t["top_value"].device)
+        state._t = t
+        return state
+
+    @staticmethod
+    def concat(states: "list[LayerState]") -> "LayerState":
+        """One LayerState whose neurons are those of `states`, side by side (same batches seen)."""
+        first = states[0]
+        ts = [s.t for s in states]
+        t = {}
+        for name in ts[0]:
+            axis = _neuron_axis(name)
+            if axis is None:
+                if any(not torch.equal(u[name], ts[0][name]) for u in ts):
+                    raise ValueError(f"the states have seen different data ({name} differs)")
+                t[name] = ts[0][name].clone()
+            else:
+                t[name] = torch.cat([u[name] for u in ts], axis)
+        return first._with_arrays(sum(s.n for s in states), t)
+
+    def split(self, sizes: "list[int]") -> "list[LayerState]":
+        """LayerStates over consecutive runs of `sizes` neurons: views of this one's arrays (exact: buffers merged first)."""
+        t = self.t
+        out, start = [], 0
+        for size in sizes:
+            part = {name: v if _neuron_axis(name) is None else v.narrow(_neuron_axis(name), start, size) for name, v in t.items()}
+            out.append(self._with_arrays(size, part))
+            start += size
+        return out
 
     @property
     def t(self) -> dict[str, torch.Tensor]:
@@ -281,13 +339,6 @@ class LayerState:
         return self._floors
 
     # --- one batch -----------------------------------------------------------
-    def _gather(self, name: str, acts: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """acts[b, pos[b, j]] for every b, j as float32 [B, J, N] (in a reused buffer on a CPU)."""
-        B, J = pos.shape
-        rows = (torch.arange(B, device=acts.device)[:, None] * acts.shape[1] + pos).reshape(-1)
-        out = self.scratch(name, (B * J, self.n), acts.dtype, acts.device)
-        return torch.index_select(acts.reshape(-1, self.n), 0, rows, out=out).view(B, J, self.n).float()
-
     def _padding_filler(self, txt: torch.Tensor, text_valid: torch.Tensor):
         """A function that sets the padding of txt [B, w, N] to a value: whole rows on a CPU, a mask (no sync) on a GPU."""
         if self.sparse:
@@ -304,11 +355,16 @@ class LayerState:
         (neuron, slot) pairs it takes over, so the cost after warm-up is a few gathers, not a
         rewrite of every neuron's maps. Saving sorts them into the canonical order.
         """
+        text_pos, text_valid = trim_text(text_pos, text_valid)
+        img, txt = (gather_tokens(acts, pos, self.scratch(name, (pos.numel(), self.n), acts.dtype, acts.device))
+                    for name, pos in (("img", image_pos), ("txt", text_pos)))
+        self.update_tokens(img.float(), txt.float(), text_valid, samples, random_slots)
+
+    def update_tokens(self, img: torch.Tensor, txt: torch.Tensor, text_valid: torch.Tensor, samples: torch.Tensor,
+                      random_slots: list[tuple[int, int]]) -> None:
+        """Fold a batch in from its gathered tokens: img [B, P, N] and txt [B, w, N] (float32; txt is overwritten)."""
         t = self._t
-        B, n = acts.shape[0], self.n
-        width = int(text_valid.sum(1).max().item()) if text_valid.numel() else 0  # this batch's longest text
-        text_pos, text_valid = text_pos[:, :width], text_valid[:, :width]
-        img, txt = (self._gather(name, acts, pos) for name, pos in (("img", image_pos), ("txt", text_pos)))  # [B, P|width, N]
+        B, n, width = img.shape[0], self.n, txt.shape[1]
         fill_padding = self._padding_filler(txt, text_valid)
         n_text = text_valid.sum()  # a tensor: no device sync
         fill_padding(0.0)  # zeros add nothing to the sums; the histogram takes them out again

@@ -427,3 +427,36 @@ def test_stand_in_maps_at_8_bits():
     codes = torch.randint(0, 256, (4, 3, 50), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     hist = code_histogram(codes, 255)
     assert torch.equal(code_histogram(codes_from_histogram(hist, 50), 255), hist)
+
+
+def test_layers_reduced_side_by_side_equal_one_state_per_layer():
+    """On a CPU a BatchReducer folds a group of layers as one LayerState: the same arrays as layer by layer."""
+    from neuronwidgets.reducer import BatchReducer
+
+    g = torch.Generator().manual_seed(3)
+    layers, B, P, Tm, T, N = [1, 4, 5], 6, 4, 5, 12, 7
+    make = lambda: {l: LayerState(N, P, Tm, top_k=5, token_k=6, random_k=2, bits=4) for l in layers}  # noqa: E731
+    separate, grouped = make(), BatchReducer(make(), batch_size=B)
+    assert len(grouped._groups) == 1
+    for i in range(5):
+        acts = {l: torch.randn(B, T, N, generator=g).round(decimals=1) for l in layers}  # ties
+        image_pos = torch.arange(P).repeat(B, 1) + 2
+        text_pos = torch.arange(Tm).repeat(B, 1) + 2 + P
+        valid = torch.rand(B, Tm, generator=g) < 0.7
+        samples = torch.arange(B) + i * B
+        slots = [(0, 1), (1, 4)] if i < 2 else []
+        grouped.begin(image_pos, text_pos, valid, samples, slots)
+        for l in layers:
+            separate[l].update(acts[l], image_pos, text_pos, valid, samples, slots)
+            grouped(l, acts[l])
+    for l, state in grouped.states().items():
+        expected = {**separate[l].t, **separate[l].canonical_top()}
+        for name, value in {**state.t, **state.canonical_top()}.items():
+            if name.endswith(("_sum", "_sumsq")):  # float32 partial sums over another layout: the last digits
+                torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=1e-5)
+            else:
+                assert torch.equal(value, expected[name]), (l, name)
+    # a state split and concatenated again is the same state
+    again = LayerState.concat(list(grouped.states().values()))
+    for name, value in grouped._groups[0].state.t.items():
+        assert torch.equal(again.t[name], value), name

@@ -1,0 +1,85 @@
+"""Fold each batch's activations into the per-layer states, from inside the forward pass.
+
+On a GPU each layer is reduced as soon as its activations exist (one LayerState per layer).
+On a CPU the layers are reduced side by side: as the forward pass reaches a layer, its
+batch tokens are gathered into a shared [B, J, layers, N] buffer, and after the group's last
+layer one LayerState over all their neurons takes the batch. Every reduction is per neuron,
+so the result is the same; but each torch operation has a fixed cost on a CPU, and a group of
+four layers pays it once instead of four times.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from neuronwidgets.reduce import SCRATCH, LayerState, gather_tokens, trim_text
+
+#: Most bytes of gathered tokens a group of layers may hold per batch.
+GROUP_BUFFER_BYTES = 64 << 20
+
+
+class BatchReducer:
+    """The forward hook of a collection: `begin` a batch, then call with (layer, activations)."""
+
+    def __init__(self, states: dict[int, LayerState], batch_size: int):
+        self.layers = sorted(states)
+        self._states = states
+        self._groups: list[_LayerGroup] = []
+        first = states[self.layers[0]]
+        if first.sparse:
+            per_layer = batch_size * (first.P + first.Tm) * first.n * 4
+            size = max(1, GROUP_BUFFER_BYTES // max(per_layer, 1))
+            self._groups = [_LayerGroup({l: states[l] for l in self.layers[i : i + size]}) for i in range(0, len(self.layers), size)]
+        self._group_of = {l: g for g in self._groups for l in g.layers}
+        self._batch = None
+
+    def begin(self, image_pos: torch.Tensor, text_pos: torch.Tensor, text_valid: torch.Tensor, samples: torch.Tensor,
+              random_slots: list[tuple[int, int]]) -> None:
+        """The next batch's token positions [B, P] and [B, Tm] (with validity), sample numbers [B] and random slots."""
+        text_pos, text_valid = trim_text(text_pos, text_valid)
+        self._batch = (image_pos, text_pos, text_valid, samples, random_slots)
+
+    def __call__(self, layer: int, acts: torch.Tensor) -> None:
+        group = self._group_of.get(layer)
+        if group is None:
+            self._states[layer].update(acts, *self._batch)
+        else:
+            group.add(layer, acts, *self._batch)
+
+    def states(self) -> dict[int, LayerState]:
+        """The exact per-layer states (on a CPU, views of the groups' arrays: read them before the next batch)."""
+        out = dict(self._states)
+        for group in self._groups:
+            out.update(group.states())
+        return out
+
+
+class _LayerGroup:
+    """Consecutive layers whose neurons one LayerState reduces side by side."""
+
+    def __init__(self, states: dict[int, LayerState]):
+        self.layers = sorted(states)
+        self.n = states[self.layers[0]].n
+        self.state = LayerState.concat([states[l] for l in self.layers])
+        self._slot = {l: i for i, l in enumerate(self.layers)}
+        self._seen = 0
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def add(self, layer, acts, image_pos, text_pos, text_valid, samples, random_slots) -> None:
+        """Gather `layer`'s batch tokens into the group's buffers; after the last layer, fold them in."""
+        L, n = len(self.layers), self.n
+        if self._seen == 0:
+            self._buffers = tuple(SCRATCH(f"group_{name}", (pos.numel(), L, n), acts.dtype, acts.device)
+                                  for name, pos in (("img", image_pos), ("txt", text_pos)))
+        slot = self._slot[layer]
+        for buf, pos in zip(self._buffers, (image_pos, text_pos)):
+            gather_tokens(acts, pos, buf[:, slot])
+        self._seen += 1
+        if self._seen == L:
+            self._seen = 0
+            B = samples.shape[0]
+            img, txt = (buf.view(B, -1, L * n).float() for buf in self._buffers)
+            self.state.update_tokens(img, txt, text_valid, samples, random_slots)
+
+    def states(self) -> dict[int, LayerState]:
+        return dict(zip(self.layers, self.state.split([self.n] * len(self.layers))))
