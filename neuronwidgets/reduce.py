@@ -174,30 +174,38 @@ def codes_from_histogram(hist: torch.Tensor, length: int) -> torch.Tensor:
     return (levels - torch.searchsorted(at_least.contiguous(), pos, right=True)).to(torch.uint8)
 
 
-def _group_sorted(ids: torch.Tensor):
-    """Entries by row, `ids` (their rows) ascending: (rows, group, slot, (groups, width)), or None when empty.
+def _group_by_row(ids: torch.Tensor):
+    """Entries by the row they belong to: (rows, flat, (groups, width)), or None when there are none.
 
-    Entry i belongs to row rows[group[i]] and goes to [group[i], slot[i]] of a padded
-    [groups, width] array (see `_padded`).
+    rows: the distinct ids, ascending. Entry i goes to [g, s] of a padded [groups, width] array
+    (g: its row's rank, s: its rank among its row's entries, in their order here), which is
+    flat[i] = g * width + s of the array's flattened form (see `_padded`).
     """
     if ids.numel() == 0:
         return None
-    rows, counts = torch.unique_consecutive(ids, return_counts=True)
+    order = torch.argsort(ids, stable=True)
+    rows, counts = torch.unique_consecutive(ids[order], return_counts=True)
     group = torch.repeat_interleave(torch.arange(rows.numel(), device=ids.device), counts)
     slot = torch.arange(ids.numel(), device=ids.device) - (counts.cumsum(0) - counts)[group]
-    return rows, group, slot, (rows.numel(), int(counts.max()))
+    width = int(counts.max())
+    flat = torch.empty_like(order).index_copy_(0, order, group * width + slot)
+    return rows, flat, (rows.numel(), width)
 
 
 def _padded(group, values: torch.Tensor, fill) -> torch.Tensor:
-    """The grouped entries' `values` laid out as `_group_sorted`'s padded [groups, width] array, `fill` elsewhere."""
-    _, g, slot, shape = group
+    """The grouped entries' `values` laid out as `_group_by_row`'s padded [groups, width] array, `fill` elsewhere."""
+    _, flat, shape = group
     out = torch.full(shape, fill, dtype=values.dtype, device=values.device)
-    out[g, slot] = values
+    out.view(-1).index_copy_(0, flat, values)
     return out
 
 
 class _Pending:
-    """Candidates for one kind of top-k list, buffered between merges: columns of equal length, the neuron first."""
+    """Candidates for one kind of top-k list, buffered between merges: columns of equal length, the neuron first.
+
+    A column may be 2-D with a width that differs from part to part (text maps cut to each
+    batch's longest text): parts are padded with zeros to the widest.
+    """
 
     def __init__(self):
         self.parts: list[tuple[torch.Tensor, ...]] = []
@@ -208,13 +216,17 @@ class _Pending:
         self.size += columns[0].numel()
 
     def take(self):
-        """All buffered columns, sorted by neuron, and the buffer emptied."""
+        """Every buffered column, concatenated (None when empty); the buffer emptied."""
         parts, self.parts, self.size = self.parts, [], 0
         if not parts:
             return None
-        cols = [torch.cat(c) if len(parts) > 1 else c[0] for c in zip(*parts)]
-        order = torch.argsort(cols[0], stable=True)
-        return [c[order] for c in cols]
+        cols = []
+        for c in zip(*parts):
+            if c[0].dim() == 2:
+                width = max(x.shape[1] for x in c)
+                c = [torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in c]
+            cols.append(torch.cat(c) if len(c) > 1 else c[0])
+        return cols
 
 
 def trim_text(text_pos: torch.Tensor, text_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -417,7 +429,7 @@ class LayerState:
             flat_v = torch.gather(flat_v, 1, pick)
         else:
             pick = torch.arange(flat_v.shape[1], device=flat_v.device)[None].expand(n, -1)
-        self._merge_tokens(m, None, flat_v, samples[pick // w], pick % w)
+        self._merge_tokens(m, None, flat_v, self._token_key(m, samples[pick // w], pick % w))
 
     def _offer_tokens(self, m: str, vals: torch.Tensor, vmax: torch.Tensor, samples: torch.Tensor) -> None:
         """Buffer the tokens of vals [B, w, N] that can still enter a neuron's exemplars: those at or above its bound.
@@ -444,34 +456,41 @@ class LayerState:
             enters &= seg > -torch.inf  # -inf marks padding
         i, p = enters.nonzero(as_tuple=True)
         if i.numel():
-            self._pending[m].add(n[i], seg[i, p], samples[b[i]], p)
+            self._pending[m].add(n[i], seg[i, p], self._token_key(m, samples[b[i]], p))
         if self._pending[m].size >= self._limit[m]:
             self._flush_tokens(m)
 
+    def _token_key(self, m: str, sample: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """A token's place in the total order among equal values: sample, then position (ascending)."""
+        return sample * ((self.P if m == "image" else self.Tm) + 1) + pos
+
     def _flush_tokens(self, m: str) -> None:
-        cols = self._pending[m].take()
-        if cols is None:
+        taken = self._pending[m].take()
+        if taken is None:
             return
-        n, value, sample, pos = cols
-        group = _group_sorted(n)
-        self._merge_tokens(m, group[0], _padded(group, value, -torch.inf), _padded(group, sample, -1), _padded(group, pos, -1))
+        n, value, key = taken
+        group = _group_by_row(n)
+        # padding: value -inf and the largest key lose to every kept entry, empty ones included
+        self._merge_tokens(m, group[0], _padded(group, value, -torch.inf), _padded(group, key, _PACKED_KEY_LIMIT - 1))
         if self._floors is not None:
             self._floors[m] = self._t[f"tok_{m}_value"][:, -1].clone()
 
-    def _merge_tokens(self, m: str, rows: torch.Tensor | None, value, sample, pos) -> None:
-        """Fold candidate tokens ([M, c] each) into the kept exemplars of `rows` (None: all neurons)."""
+    def _merge_tokens(self, m: str, rows: torch.Tensor | None, value: torch.Tensor, key: torch.Tensor) -> None:
+        """Fold candidate tokens (value and key [M, c]) into the kept exemplars of `rows` (None: all neurons)."""
         t = self._t
-        slots_ = self.P if m == "image" else self.Tm
         names = (f"tok_{m}_value", f"tok_{m}_sample", f"tok_{m}_pos")
-        kept = [t[n] if rows is None else t[n][rows] for n in names]
-        cand = [torch.cat([old, new], 1) for old, new in zip(kept, (value, sample, pos))]
-        key = torch.where(cand[1] < 0, torch.full_like(cand[1], -1), cand[1] * (slots_ + 1) + cand[2])
-        idx = top_order(cand[0], key, self.token_k)
-        for n, c in zip(names, cand):
+        kept_value, kept_sample, kept_pos = (t[n] if rows is None else t[n][rows] for n in names)
+        kept_key = torch.where(kept_sample < 0, -1, self._token_key(m, kept_sample, kept_pos))  # -1: an empty slot
+        cand_value, cand_key = torch.cat([kept_value, value], 1), torch.cat([kept_key, key], 1)
+        idx = top_order(cand_value, cand_key, self.token_k)
+        best_key = torch.gather(cand_key, 1, idx)
+        slots = (self.P if m == "image" else self.Tm) + 1
+        new = (torch.gather(cand_value, 1, idx), torch.where(best_key < 0, -1, best_key // slots), torch.where(best_key < 0, -1, best_key % slots))
+        for n, v in zip(names, new):
             if rows is None:
-                t[n] = torch.gather(c, 1, idx)
+                t[n] = v
             else:
-                t[n][rows] = torch.gather(c, 1, idx)
+                t[n][rows] = v
 
     def _offer_top(self, smax, samples, img, txt) -> None:
         """Buffer the (sample, neuron) pairs at or above the neuron's bound, with their quantised maps."""
@@ -485,24 +504,19 @@ class LayerState:
             self._flush_top()
 
     def _sample_codes(self, value, b, n, img, txt):
-        """The patch and text maps ([c, P], [c, Tm] uint8) of samples b on neurons n, on the sample's own scale."""
+        """The patch and text maps ([c, P], [c, w] uint8) of samples b on neurons n, on the sample's own scale."""
         scale = value[:, None]  # the sample's maximum (quantize reads relu)
-        image_codes = quantize(img[b, :, n], scale, self.bits)
-        text_codes = torch.zeros((n.numel(), self.Tm), dtype=torch.uint8, device=n.device)
-        if txt.shape[1]:
-            text_codes[:, : txt.shape[1]] = quantize(txt[b, :, n], scale, self.bits)  # padding is -inf: code 0
-        return image_codes, text_codes
+        return quantize(img[b, :, n], scale, self.bits), quantize(txt[b, :, n], scale, self.bits)  # text padding is -inf: code 0
 
     def _flush_top(self) -> None:
-        cols = self._pending["top"].take()
-        if cols is not None:
-            n, value, sample, image_codes, text_codes = cols
-            group = _group_sorted(n)
-            rows = group[0]
+        taken = self._pending["top"].take()
+        if taken is not None:
+            n, value, sample, image_codes, text_codes = taken
+            group = _group_by_row(n)
             new_s = _padded(group, sample, _PACKED_KEY_LIMIT - 1)  # padding: loses to any slot, even an empty one
-            taken = self._take_slots(rows, _padded(group, value, -torch.inf), new_s)
-            if taken is not None:
-                n_sel, slot, chosen = taken
+            slots = self._take_slots(group[0], _padded(group, value, -torch.inf), new_s)
+            if slots is not None:
+                n_sel, slot, chosen = slots
                 c = _padded(group, torch.arange(n.numel(), device=n.device), 0)[chosen]  # row-major, as n_sel
                 self._write_slots(n_sel, slot, value[c], sample[c], image_codes[c], text_codes[c])
         if self._floors is not None:
@@ -531,7 +545,7 @@ class LayerState:
         t["top_value"][n_sel, slot] = value
         t["top_sample"][n_sel, slot] = sample
         t["top_image_codes"][n_sel, slot] = image_codes
-        t["top_text_codes"][n_sel, slot] = text_codes
+        t["top_text_codes"][n_sel, slot] = torch.nn.functional.pad(text_codes, (0, self.Tm - text_codes.shape[1]))
 
     def _update_top_dense(self, smax, samples, img, txt) -> None:
         """Top samples with fixed shapes (no device sync): every (sample, neuron) pair competes."""
