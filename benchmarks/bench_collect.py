@@ -177,7 +177,7 @@ def pad_malloc_top(mib: int) -> bool:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--llava7b-shape", action="store_true")
-    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--naive", action="store_true", help="also time a hook that copies every activation to the host")
     ap.add_argument("--end-to-end", action="store_true", help="also time session.collect() writing an index folder")

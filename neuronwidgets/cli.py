@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype")
     c.add_argument("--limit", type=int)
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--checkpoint-every", type=int, default=20, help="write a resumable checkpoint every N batches")
+    c.add_argument("--checkpoint-every", type=int, default=None,
+                   help="write a resumable checkpoint every N batches (default: about once a minute, under 5%% of the time)")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(func=cmd_collect)
     m = sub.add_parser("merge", help="merge index folders of disjoint shards")

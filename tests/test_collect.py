@@ -460,3 +460,20 @@ def test_layers_reduced_side_by_side_equal_one_state_per_layer():
     again = LayerState.concat(list(grouped.states().values()))
     for name, value in grouped._groups[0].state.t.items():
         assert torch.equal(again.t[name], value), name
+
+
+def test_checkpoints_come_every_n_batches_or_by_time(tiny_session, data):
+    from neuronwidgets.collect import _CheckpointClock
+
+    every = _CheckpointClock(3)
+    assert [b for b in range(1, 10) if every.due(b)] == [3, 6, 9]
+    clock = _CheckpointClock(None)
+    assert not clock.due(1)  # a minute has not passed
+    clock.MIN_SECONDS = 0.0
+    assert clock.due(1)
+    with clock.writing():
+        pass
+    clock.write_seconds = 100.0  # a slow write: the next one waits 19 times as long
+    assert not clock.due(2)
+    with pytest.raises(ValueError, match="checkpoint_every must be at least 1"):
+        tiny_session.collect(data[:2], checkpoint_every=0, **KW)
