@@ -74,7 +74,9 @@ SCRATCH, FRESH = Scratch(), Scratch(reuse=False)
 
 
 MODALITIES = ("image", "text")
+#: Candidates buffered before a merge, as a share of the list entries (n * k).
 PENDING_SHARE = 1.0
+PENDING_TOP_BYTES = 32 << 20
 
 
 def top_order(values: torch.Tensor, keys: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
@@ -293,7 +295,10 @@ class LayerState:
         self._bin_offsets = torch.arange(n, device=dev, dtype=torch.int32)[None, :] * N_BINS
         self._pending = {"image": _Pending(), "text": _Pending(), "top": _Pending()}
         # Buffer as many candidates as a list holds before merging: merges cost O(1) per candidate.
-        self._limit = {"image": int(n * token_k * PENDING_SHARE), "text": int(n * token_k * PENDING_SHARE), "top": int(n * top_k * PENDING_SHARE)}
+        # Candidate top samples carry their maps: at most PENDING_TOP_BYTES of them (at LLaVA's shape
+        # n * top_k would be as large as the state itself).
+        top_limit = min(n * top_k * PENDING_SHARE, PENDING_TOP_BYTES / (n_patches + max_text + 20))
+        self._limit = {"image": int(n * token_k * PENDING_SHARE), "text": int(n * token_k * PENDING_SHARE), "top": max(1, int(top_limit))}
         self._floors: dict[str, torch.Tensor] | None = None
 
     def _with_arrays(self, n: int, t: dict[str, torch.Tensor]) -> "LayerState":
