@@ -119,11 +119,8 @@ def quantize(values: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tens
     Where scale <= 0 every relu(v) is 0, and so is the code; NaN gives 0.
     """
     q = (1 << bits) - 1
-    codes = torch.clamp(values, min=0).mul_(q).div_(scale.clamp(min=_TINY)).round_()
-    return codes.nan_to_num_(0.0).clamp_(max=q).to(torch.uint8)
-
-
-_TINY = float(np.finfo(np.float32).tiny)
+    codes = torch.clamp(values, min=0).div_(scale).mul_(q).round_()  # relu(v) / scale <= 1: no overflow
+    return codes.nan_to_num_(0.0).clamp_(max=q).to(torch.uint8)  # 0 / 0 where scale is 0
 
 
 def dequantize(codes: np.ndarray, scale, bits: int) -> np.ndarray:
@@ -232,8 +229,9 @@ class _Pending:
 
 
 def trim_text(text_pos: torch.Tensor, text_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The text positions and validity [B, Tm] cut to the batch's longest text."""
-    width = int(text_valid.sum(1).max().item()) if text_valid.numel() else 0
+    """The text positions and validity [B, Tm] cut after the batch's last valid text token."""
+    last = text_valid * torch.arange(1, text_valid.shape[1] + 1, device=text_valid.device)
+    width = int(last.max().item()) if text_valid.numel() else 0
     return text_pos[:, :width], text_valid[:, :width]
 
 
@@ -241,7 +239,7 @@ def gather_tokens(acts: torch.Tensor, pos: torch.Tensor, out: torch.Tensor) -> t
     """acts[b, pos[b, j]] for every b, j as [B, J, N], written to `out` ([B * J, N], rows may be strided)."""
     B, J = pos.shape
     rows = (torch.arange(B, device=acts.device)[:, None] * acts.shape[1] + pos).reshape(-1)
-    return torch.index_select(acts.reshape(-1, acts.shape[2]), 0, rows, out=out).view(B, J, -1)
+    return torch.index_select(acts.reshape(-1, acts.shape[2]), 0, rows, out=out).view(B, J, out.shape[-1])
 
 
 def _neuron_axis(name: str) -> int | None:
@@ -424,7 +422,11 @@ class LayerState:
                 t["random_text_codes"][slot, :, :width] = quantize(txt[b].T, scale, self.bits)
 
     def _fold_tokens_dense(self, m: str, vals: torch.Tensor, samples: torch.Tensor) -> None:
-        """Token exemplars from vals [B, w, N], fixed shapes (no device sync): the batch's best k per neuron, then the exact order."""
+        """Token exemplars from vals [B, w, N], fixed shapes (no device sync): the batch's best k per neuron, then the exact order.
+
+        Not exact on ties at the pre-selection's k-th place: which of several equal tokens
+        there is kept is topk's choice, not the (sample, position) order.
+        """
         B, w, n = vals.shape
         flat_v = vals.permute(2, 0, 1).reshape(n, B * w)  # column r = (sample r // w, position r % w)
         if flat_v.shape[1] > self.token_k:

@@ -59,7 +59,10 @@ class _LayerGroup:
 
     def __init__(self, states: dict[int, LayerState]):
         self.layers = sorted(states)
-        self.n = states[self.layers[0]].n
+        self.sizes = [states[l].n for l in self.layers]
+        if len(set(self.sizes)) > 1:
+            raise ValueError(f"layers reduced side by side need the same number of neurons, got {self.sizes}")
+        self.n = self.sizes[0]
         self.state = LayerState.concat([states[l] for l in self.layers])
         self._slot = {l: i for i, l in enumerate(self.layers)}
         self._seen = 0
@@ -82,4 +85,4 @@ class _LayerGroup:
             self.state.update_tokens(img, txt, text_valid, samples, random_slots)
 
     def states(self) -> dict[int, LayerState]:
-        return dict(zip(self.layers, self.state.split([self.n] * len(self.layers))))
+        return dict(zip(self.layers, self.state.split(self.sizes)))

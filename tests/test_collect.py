@@ -477,3 +477,37 @@ def test_checkpoints_come_every_n_batches_or_by_time(tiny_session, data):
     assert not clock.due(2)
     with pytest.raises(ValueError, match="checkpoint_every must be at least 1"):
         tiny_session.collect(data[:2], checkpoint_every=0, **KW)
+
+
+def test_a_batch_without_text_and_holes_in_the_text_mask():
+    """Review finds: a batch whose texts are all empty crashed (text='generate' can answer nothing);
+    a valid text token after an invalid one was cut off."""
+    from neuronwidgets.reducer import BatchReducer
+
+    B, P, Tm, N = 3, 2, 3, 4
+    acts = torch.randn(B, P + Tm, N, generator=torch.Generator().manual_seed(0))
+    image_pos, text_pos = torch.arange(P).repeat(B, 1), (torch.arange(Tm) + P).repeat(B, 1)
+    none = torch.zeros(B, Tm, dtype=torch.bool)
+    state = LayerState(N, P, Tm, 3, 3, 0, 4)
+    state.update(acts, image_pos, text_pos, none, torch.arange(B), [])
+    reducer = BatchReducer({0: LayerState(N, P, Tm, 3, 3, 0, 4), 1: LayerState(N, P, Tm, 3, 3, 0, 4)}, batch_size=B)
+    reducer.begin(image_pos, text_pos, none, torch.arange(B), [])
+    reducer(0, acts)
+    reducer(1, acts)
+    for st in (state, *reducer.states().values()):
+        assert int(st.t["text_count"]) == 0 and int(st.t["image_count"]) == B * P
+        assert torch.equal(st.t["image_max"], acts[:, :P].amax((0, 1)))
+    holes = torch.zeros(B, Tm, dtype=torch.bool)
+    holes[0, 2] = True  # only the last text token of sample 0
+    state = LayerState(N, P, Tm, 3, 3, 0, 4)
+    state.update(acts, image_pos, text_pos, holes, torch.arange(B), [])
+    assert int(state.t["text_count"]) == 1
+    assert torch.equal(state.t["text_max"], acts[0, P + 2])
+
+
+def test_quantize_reads_tiny_and_huge_scales():
+    from neuronwidgets.reduce import quantize
+
+    assert quantize(torch.tensor([[1e-40, 5e-41, 0.0]]), torch.tensor([[1e-40]]), 4).tolist() == [[15, 8, 0]]  # subnormal max
+    assert quantize(torch.tensor([[1.5e38]]), torch.tensor([[3e38]]), 4).tolist() == [[8]]  # no overflow
+    assert quantize(torch.tensor([[-1.0, 0.0, float("nan")]]), torch.tensor([[0.0]]), 4).tolist() == [[0, 0, 0]]
