@@ -125,12 +125,14 @@ def llava_shape_bytes_per_neuron(top_k=50, map_k=30, random_k=10, max_text=64, n
     return out
 
 
-def paired_pass(session, data, batch_size, top_k=50, random_k=10, max_text=64) -> tuple[float, float]:
+def paired_pass(session, data, batch_size, top_k=50, random_k=10, max_text=64, reduce="auto") -> tuple[float, float]:
     """Plain passes and the collection's streaming part over the same batches, interleaved: (plain s, collect s).
 
     Each batch runs plain (encode + forward), then through collect's own per-batch code (all
     layers reduced on the device), back to back: a slow spell of a shared machine hits both
     sides alike, so their ratio is steadier than that of two separate passes.
+    reduce: "auto" (what collect does: sparse on a CPU, dense on a GPU), or force "sparse" or
+    "dense" (to compare the two designs on one device).
     """
     from neuronwidgets.collect import process_batch
     from neuronwidgets.index import RandomSet
@@ -139,6 +141,12 @@ def paired_pass(session, data, batch_size, top_k=50, random_k=10, max_text=64) -
 
     rows, cols = session.grid
     state = {l: LayerState(session.n_neurons, rows * cols, max_text, top_k, top_k, random_k, 4, session.device) for l in range(session.n_layers)}
+    if reduce != "auto":
+        from neuronwidgets.reduce import FRESH, SCRATCH
+
+        for st in state.values():
+            st.sparse = reduce == "sparse"
+            st.scratch = SCRATCH if st.sparse else FRESH
     reducer = BatchReducer(state, batch_size)
     random = RandomSet(random_k, 0)
     plain = collect = 0.0
@@ -184,6 +192,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=str, default=None)
     ap.add_argument("--malloc-top-pad", type=int, default=64, help="MiB for glibc's M_TOP_PAD (0: leave the allocator alone)")
+    ap.add_argument("--reduce", choices=["auto", "sparse", "dense"], default="auto",
+                    help="auto: as collect (sparse on a CPU, dense on a GPU); or force one design")
     args = ap.parse_args()
     padded = pad_malloc_top(args.malloc_top_pad)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -197,14 +207,14 @@ def main():
     print(f"data: {len(data)} images, batch {args.batch_size}, device {device}, threads {torch.get_num_threads()}", flush=True)
     print(f"glibc M_TOP_PAD {args.malloc_top_pad} MiB: {'set' if padded else 'not set'}")
     warm = data[: args.batch_size]
-    paired_pass(session, warm, args.batch_size)
-    res = {"model": what, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "n": len(data),
+    paired_pass(session, warm, args.batch_size, reduce=args.reduce)
+    res = {"reduce": args.reduce, "model": what, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "n": len(data),
            "batch_size": args.batch_size, "malloc_top_pad_mib": args.malloc_top_pad if padded else 0}
     plain, stream, naive = [], [], []
     for _ in range(args.repeats):
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        p, c = paired_pass(session, data, args.batch_size)
+        p, c = paired_pass(session, data, args.batch_size, reduce=args.reduce)
         plain.append(p)
         stream.append(c)
         if device == "cuda":
