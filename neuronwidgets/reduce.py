@@ -468,8 +468,11 @@ class LayerState:
             self._flush_tokens(m)
 
     def _token_key(self, m: str, sample: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """A token's place in the total order among equal values: sample, then position (ascending)."""
-        return sample * ((self.P if m == "image" else self.Tm) + 1) + pos
+        """A token's place in the total order among equal values: sample, then position (ascending); -1 for an empty slot."""
+        return torch.where(sample < 0, -1, sample * self._key_base(m) + pos)
+
+    def _key_base(self, m: str) -> int:
+        return (self.P if m == "image" else self.Tm) + 1
 
     def _flush_tokens(self, m: str) -> None:
         taken = self._pending[m].take()
@@ -487,12 +490,11 @@ class LayerState:
         t = self._t
         names = (f"tok_{m}_value", f"tok_{m}_sample", f"tok_{m}_pos")
         kept_value, kept_sample, kept_pos = (t[n] if rows is None else t[n][rows] for n in names)
-        kept_key = torch.where(kept_sample < 0, -1, self._token_key(m, kept_sample, kept_pos))  # -1: an empty slot
-        cand_value, cand_key = torch.cat([kept_value, value], 1), torch.cat([kept_key, key], 1)
+        cand_value = torch.cat([kept_value, value], 1)
+        cand_key = torch.cat([self._token_key(m, kept_sample, kept_pos), key], 1)
         idx = top_order(cand_value, cand_key, self.token_k)
-        best_key = torch.gather(cand_key, 1, idx)
-        slots = (self.P if m == "image" else self.Tm) + 1
-        new = (torch.gather(cand_value, 1, idx), torch.where(best_key < 0, -1, best_key // slots), torch.where(best_key < 0, -1, best_key % slots))
+        best_key, base = torch.gather(cand_key, 1, idx), self._key_base(m)
+        new = (torch.gather(cand_value, 1, idx), torch.where(best_key < 0, -1, best_key // base), torch.where(best_key < 0, -1, best_key % base))
         for n, v in zip(names, new):
             if rows is None:
                 t[n] = v
@@ -584,15 +586,7 @@ class LayerState:
             t[f"{m}_sumsq"] = t[f"{m}_sumsq"] + o[f"{m}_sumsq"]
             t[f"{m}_max"] = torch.maximum(t[f"{m}_max"], o[f"{m}_max"])
             t[f"{m}_hist"] = t[f"{m}_hist"] + o[f"{m}_hist"]
-            width = self.P if m == "image" else self.Tm
-            cand_v = torch.cat([t[f"tok_{m}_value"], o[f"tok_{m}_value"]], 1)
-            cand_s = torch.cat([t[f"tok_{m}_sample"], o[f"tok_{m}_sample"]], 1)
-            cand_p = torch.cat([t[f"tok_{m}_pos"], o[f"tok_{m}_pos"]], 1)
-            key = torch.where(cand_s < 0, torch.full_like(cand_s, -1), cand_s * (width + 1) + cand_p)
-            idx = top_order(cand_v, key, self.token_k)
-            t[f"tok_{m}_value"], t[f"tok_{m}_sample"], t[f"tok_{m}_pos"] = (
-                torch.gather(c, 1, idx) for c in (cand_v, cand_s, cand_p)
-            )
+            self._merge_tokens(m, None, o[f"tok_{m}_value"], self._token_key(m, o[f"tok_{m}_sample"], o[f"tok_{m}_pos"]))
         cand_v = torch.cat([t["top_value"], o["top_value"]], 1)
         cand_s = torch.cat([t["top_sample"], o["top_sample"]], 1)
         idx = top_order(cand_v, cand_s, self.top_k)
