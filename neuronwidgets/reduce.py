@@ -371,9 +371,12 @@ class LayerState:
         rewrite of every neuron's maps. Saving sorts them into the canonical order.
         """
         text_pos, text_valid = trim_text(text_pos, text_valid)
-        img, txt = (gather_tokens(acts, pos, self.scratch(name, (pos.numel(), self.n), acts.dtype, acts.device))
-                    for name, pos in (("img", image_pos), ("txt", text_pos)))
-        self.update_tokens(img.float(), txt.float(), text_valid, samples, random_slots)
+        self.update_tokens(*self.gather(acts, image_pos, text_pos), text_valid, samples, random_slots)
+
+    def gather(self, acts: torch.Tensor, image_pos: torch.Tensor, text_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's patch and text tokens of acts [B, T, N], as float32 [B, P, N] and [B, w, N] (text already trimmed)."""
+        return tuple(gather_tokens(acts, pos, self.scratch(name, (pos.numel(), self.n), acts.dtype, acts.device)).float()
+                     for name, pos in (("img", image_pos), ("txt", text_pos)))
 
     def update_tokens(self, img: torch.Tensor, txt: torch.Tensor, text_valid: torch.Tensor, samples: torch.Tensor,
                       random_slots: list[tuple[int, int]]) -> None:

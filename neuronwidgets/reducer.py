@@ -41,8 +41,10 @@ class BatchReducer:
 
     def __call__(self, layer: int, acts: torch.Tensor) -> None:
         group = self._group_of.get(layer)
-        if group is None:
-            self._states[layer].update(acts, *self._batch)
+        if group is None:  # the text was trimmed once for the batch in `begin`, not again per layer
+            image_pos, text_pos, text_valid, samples, random_slots = self._batch
+            state = self._states[layer]
+            state.update_tokens(*state.gather(acts, image_pos, text_pos), text_valid, samples, random_slots)
         else:
             group.add(layer, acts, *self._batch)
 

@@ -511,3 +511,34 @@ def test_quantize_reads_tiny_and_huge_scales():
     assert quantize(torch.tensor([[1e-40, 5e-41, 0.0]]), torch.tensor([[1e-40]]), 4).tolist() == [[15, 8, 0]]  # subnormal max
     assert quantize(torch.tensor([[1.5e38]]), torch.tensor([[3e38]]), 4).tolist() == [[8]]  # no overflow
     assert quantize(torch.tensor([[-1.0, 0.0, float("nan")]]), torch.tensor([[0.0]]), 4).tolist() == [[0, 0, 0]]
+
+
+def test_layer_by_layer_reducer_equals_update():
+    """On a GPU (dense states) the BatchReducer folds each layer on its own, with the text trimmed once per batch."""
+    from neuronwidgets.reducer import BatchReducer
+
+    g = torch.Generator().manual_seed(0)
+
+    def dense_states():
+        states = {l: LayerState(5, 3, 4, top_k=3, token_k=4, random_k=1, bits=4) for l in (0, 1)}
+        for st in states.values():
+            st.sparse, st.scratch = False, FRESH
+        return states
+
+    direct, reducer = dense_states(), BatchReducer(dense_states(), batch_size=4)
+    assert not reducer._groups
+    for i in range(4):
+        acts = {l: torch.randn(4, 9, 5, generator=g) for l in (0, 1)}
+        image_pos, text_pos = torch.arange(3).repeat(4, 1), (torch.arange(4) + 3).repeat(4, 1)
+        valid = torch.arange(4)[None] < torch.randint(0, 5, (4, 1), generator=g)  # prefix masks, some empty
+        samples, slots = torch.arange(4) + 4 * i, [(0, 2)] if i == 1 else []
+        reducer.begin(image_pos, text_pos, valid, samples, slots)
+        for l in (0, 1):
+            direct[l].update(acts[l], image_pos, text_pos, valid, samples, slots)
+            reducer(l, acts[l])
+    for l, state in reducer.states().items():
+        for name, value in state.t.items():
+            if name.endswith(("_sum", "_sumsq")):
+                torch.testing.assert_close(value, direct[l].t[name], rtol=1e-6, atol=1e-5)
+            else:
+                assert torch.equal(value, direct[l].t[name]), (l, name)
