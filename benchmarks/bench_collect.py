@@ -125,14 +125,14 @@ def llava_shape_bytes_per_neuron(top_k=50, map_k=30, random_k=10, max_text=64, n
     return out
 
 
-def paired_pass(session, data, batch_size, top_k=50, random_k=10, max_text=64, reduce="auto") -> tuple[float, float]:
-    """Plain passes and the collection's streaming part over the same batches, interleaved: (plain s, collect s).
+def paired_pass(session, data, batch_size, top_k=50, random_k=10, max_text=64, reduce="auto", on_batch=None) -> tuple[list[float], list[float]]:
+    """Plain passes and the collection's streaming part over the same batches, interleaved: seconds per batch of each.
 
     Each batch runs plain (encode + forward), then through collect's own per-batch code (all
     layers reduced on the device), back to back: a slow spell of a shared machine hits both
     sides alike, so their ratio is steadier than that of two separate passes.
     reduce: "auto" (what collect does: sparse on a CPU, dense on a GPU), or force "sparse" or
-    "dense" (to compare the two designs on one device).
+    "dense" (to compare the two designs on one device). on_batch(i) is called before the i-th batch.
     """
     from neuronwidgets.collect import process_batch
     from neuronwidgets.index import RandomSet
@@ -142,27 +142,28 @@ def paired_pass(session, data, batch_size, top_k=50, random_k=10, max_text=64, r
     rows, cols = session.grid
     state = {l: LayerState(session.n_neurons, rows * cols, max_text, top_k, top_k, random_k, 4, session.device) for l in range(session.n_layers)}
     if reduce != "auto":
-        from neuronwidgets.reduce import FRESH, SCRATCH
-
         for st in state.values():
-            st.sparse = reduce == "sparse"
-            st.scratch = SCRATCH if st.sparse else FRESH
+            st.set_design(sparse=reduce == "sparse", keep_dtype=st.keep_dtype)
     reducer = BatchReducer(state, batch_size)
     random = RandomSet(random_k, 0)
-    plain = collect = 0.0
+    plain, collect = [], []
     for i in range(0, len(data), batch_size):
         batch = list(range(i, min(i + batch_size, len(data))))
+        if on_batch is not None:
+            on_batch(i // batch_size)
         t0 = time.perf_counter()
         plain_pass(session, [data[j] for j in batch], batch_size)  # syncs
         t1 = time.perf_counter()
         process_batch(session, data, batch, reducer, random, "caption", max_text)
         sync(session.device)
         t2 = time.perf_counter()
-        plain, collect = plain + t1 - t0, collect + t2 - t1
+        plain.append(t1 - t0)
+        collect.append(t2 - t1)
     t0 = time.perf_counter()
     reducer.states()  # the candidates still buffered merged in: part of the work
     sync(session.device)
-    return plain, collect + time.perf_counter() - t0
+    collect[-1] += time.perf_counter() - t0
+    return plain, collect
 
 
 def pad_malloc_top(mib: int) -> bool:
@@ -182,19 +183,59 @@ def pad_malloc_top(mib: int) -> bool:
         return False
 
 
+def summarize(plain: list[list[float]], collect: list[list[float]], n_images: int, batch_size: int) -> dict:
+    """Ratios of repeated paired passes (per-batch seconds): over all batches, and after the first 256 images.
+
+    The first batches are the dearest: until every neuron's top-k lists are full, every sample
+    enters them. A dataset of thousands of images runs at the later rate.
+    """
+    totals = [(sum(p), sum(c)) for p, c in zip(plain, collect)]
+    later = 256 // batch_size
+    res = {"plain_s": min(p for p, _ in totals), "collect_s": min(c for _, c in totals)}
+    # The median of the paired ratios: each compares batches run back to back.
+    res["ratio_collect_vs_plain"] = float(np.median([c / p for p, c in totals]))
+    if len(plain[0]) > later:
+        res["ratio_after_256_images"] = float(np.median([sum(c[later:]) / sum(p[later:]) for p, c in zip(plain, collect)]))
+    res["images_per_s_plain"] = n_images / res["plain_s"]
+    res["images_per_s_collect"] = n_images / res["collect_s"]
+    return res
+
+
+def profile_batch(session, data, batch_size, reduce: str) -> str:
+    """A torch.profiler table of paired passes (plain and collected) over 4 batches, from the 9th on (kernels by device time on a GPU).
+
+    paired_pass starts empty top-k lists, so the first 8 batches are run unprofiled first.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    if len(data) < 12 * batch_size:
+        return f"(profile: needs {12 * batch_size} images)"
+    gpu = torch.cuda.is_available()
+    prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else []))
+    paired_pass(session, data[: 12 * batch_size], batch_size, reduce=reduce, on_batch=lambda i: i == 8 and prof.start())
+    prof.stop()
+    return prof.key_averages().table(sort_by="cuda_time_total" if gpu else "self_cpu_time_total", row_limit=25, max_name_column_width=48)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--llava7b-shape", action="store_true")
     ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--naive", action="store_true", help="also time a hook that copies every activation to the host")
+    ap.add_argument("--naive-n", type=int, default=64, help="images for the naive hook (it is slow)")
     ap.add_argument("--end-to-end", action="store_true", help="also time session.collect() writing an index folder")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=str, default=None)
     ap.add_argument("--malloc-top-pad", type=int, default=64, help="MiB for glibc's M_TOP_PAD (0: leave the allocator alone)")
-    ap.add_argument("--reduce", choices=["auto", "sparse", "dense"], default="auto",
-                    help="auto: as collect (sparse on a CPU, dense on a GPU); or force one design")
+    ap.add_argument("--reduce", default="auto",
+                    help="auto: as collect (sparse on a CPU, dense on a GPU), sparse or dense to force a design, "
+                         "or several, comma-separated (dense,sparse) to compare them in one run")
+    ap.add_argument("--profile", action="store_true", help="also print a profile of collected batches (after 256 images)")
     args = ap.parse_args()
+    designs = args.reduce.split(",")
+    if any(d not in ("auto", "sparse", "dense") for d in designs):
+        ap.error(f"--reduce takes auto, sparse or dense (comma-separated), got {args.reduce!r}")
     padded = pad_malloc_top(args.malloc_top_pad)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.llava7b_shape:
@@ -207,31 +248,33 @@ def main():
     print(f"data: {len(data)} images, batch {args.batch_size}, device {device}, threads {torch.get_num_threads()}", flush=True)
     print(f"glibc M_TOP_PAD {args.malloc_top_pad} MiB: {'set' if padded else 'not set'}")
     warm = data[: args.batch_size]
-    paired_pass(session, warm, args.batch_size, reduce=args.reduce)
-    res = {"reduce": args.reduce, "model": what, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "n": len(data),
+    res = {"model": what, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "n": len(data),
            "batch_size": args.batch_size, "malloc_top_pad_mib": args.malloc_top_pad if padded else 0}
-    plain, stream, naive = [], [], []
-    for _ in range(args.repeats):
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        p, c = paired_pass(session, data, args.batch_size, reduce=args.reduce)
-        plain.append(p)
-        stream.append(c)
-        if device == "cuda":
-            res["collect_peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        if args.naive:
-            naive.append(plain_pass(session, data, args.batch_size, naive=True))
-        print(f"  plain {p:.3f}s  collect {c:.3f}s  ratio {c / p:.3f}" + (f"  naive {naive[-1]:.3f}s" if naive else ""), flush=True)
-    res["plain_s"], res["collect_s"] = min(plain), min(stream)
-    # The median of the paired ratios: each compares batches run back to back.
-    res["ratio_collect_vs_plain"] = float(np.median([c / p for p, c in zip(plain, stream)]))
-    res["ratio_best_collect_vs_best_plain"] = res["collect_s"] / res["plain_s"]
-    res["images_per_s_plain"] = len(data) / res["plain_s"]
-    res["images_per_s_collect"] = len(data) / res["collect_s"]
-    if naive:
-        res["naive_s"] = min(naive)
-        res["ratio_naive_vs_plain"] = res["naive_s"] / res["plain_s"]
-        res["images_per_s_naive"] = len(data) / res["naive_s"]
+    for design in designs:
+        paired_pass(session, warm, args.batch_size, reduce=design)
+        plain, stream = [], []
+        for _ in range(args.repeats):
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            p, c = paired_pass(session, data, args.batch_size, reduce=design)
+            plain.append(p)
+            stream.append(c)
+            if device == "cuda":
+                res[f"{design}_collect_peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            print(f"  {design}: plain {sum(p):.3f}s  collect {sum(c):.3f}s  ratio {sum(c) / sum(p):.3f}", flush=True)
+        summary = summarize(plain, stream, len(data), args.batch_size)
+        res.update({k if len(designs) == 1 else f"{design}_{k}": v for k, v in summary.items()})
+        res.setdefault("reduce", args.reduce)
+        if args.profile:
+            print(f"profile of collected batches ({design}):")
+            print(profile_batch(session, data, args.batch_size, design), flush=True)
+    if args.naive:
+        few = data[: args.naive_n]
+        res["naive_n"] = len(few)
+        res["naive_s"] = plain_pass(session, few, args.batch_size, naive=True)
+        res["naive_plain_s"] = plain_pass(session, few, args.batch_size)
+        res["ratio_naive_vs_plain"] = res["naive_s"] / res["naive_plain_s"]
+        res["images_per_s_naive"] = len(few) / res["naive_s"]
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         plain_pass(session, warm, args.batch_size)

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from neuronwidgets.datasets.convert import as_samples
 from neuronwidgets.index import FORMAT_VERSION, MANIFEST, IndexFormatError, NeuronIndex, RandomSet, random_key, state_to_arrays, write_index
-from neuronwidgets.reduce import HIST_EDGES, LayerState
+from neuronwidgets.histogram import HIST_EDGES
+from neuronwidgets.reduce import LayerState
 from neuronwidgets.reducer import BatchReducer
 from neuronwidgets.session import token_texts
 

@@ -25,8 +25,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from neuronwidgets.histogram import HIST_EDGES
 from neuronwidgets.records import ActivationRecord
-from neuronwidgets.reduce import HIST_EDGES, MODALITIES, LayerState, code_histogram, codes_from_histogram, dequantize, pack4, unpack4
+from neuronwidgets.reduce import MODALITIES, LayerState, code_histogram, codes_from_histogram, dequantize, pack4, unpack4
 
 FORMAT_VERSION = 4  # 4: histogram edges at 2^e and 1.5 * 2^e; maps for the best map_k top samples only
 MANIFEST = "manifest.json"

@@ -8,70 +8,11 @@ which is what makes resume and shard merging give the index of one pass.
 
 from __future__ import annotations
 
-import math
-import threading
-
 import numpy as np
 import torch
 
-#: Fixed histogram edges, symmetric and geometric (bins must not depend on the data, so
-#: histograms merge by adding): +-2^e and +-1.5 * 2^e from 2^-10 to 2^10 (about 0.001 to 1024),
-#: and 0. They are where a float32's exponent or its first mantissa bit changes, so a value's
-#: bin is read off its bits (`hist_bins`): a few in-place integer passes, no search.
-_LOW_EXP, _HIGH_EXP = -10, 10
-_POS_EDGES = np.array([2.0**e * f for e in range(_LOW_EXP, _HIGH_EXP) for f in (1.0, 1.5)] + [2.0**_HIGH_EXP])
-HIST_EDGES = np.concatenate([-_POS_EDGES[::-1], [0.0], _POS_EDGES])
-N_BINS = len(HIST_EDGES) + 1
-_N_POS = len(_POS_EDGES)
-_ZERO_BIN = _N_POS  # the bin of 0.0: (-2^-10, 0]
-# (|x| bits) >> 22 is 2 * biased exponent + first mantissa bit; for 2^-10 it is 2 * (127 - 10).
-_BITS_BELOW_FIRST_EDGE = 2 * (127 + _LOW_EXP) - 1
-
-
-def hist_bins(x: torch.Tensor, scratch: "Scratch | None" = None) -> torch.Tensor:
-    """The histogram bin (int32) of every value of a float32 tensor, bins closed towards zero.
-
-    Equal to np.searchsorted(HIST_EDGES, x, side="right") for x > 0 and side="left" for
-    x <= 0, from a few integer passes in place. With a reusing `scratch` (SCRATCH), the result
-    lives in a reused buffer (valid until the next call).
-    """
-    bits = x.float().contiguous().view(torch.int32)
-    scratch = scratch or FRESH
-    new = lambda name: scratch(name, bits.shape, torch.int32, bits.device)  # noqa: E731
-    mag = torch.bitwise_and(bits, 0x7FFFFFFF, out=new("hist_mag"))  # |x|; its int order is the float order
-    c = torch.bitwise_right_shift(mag, 22, out=new("hist_bin"))  # 2 * biased exponent + first mantissa bit
-    c.sub_(_BITS_BELOW_FIRST_EDGE).clamp_(0, _N_POS)  # positive edges <= |x| (inf, nan: all)
-    a = mag.clamp_(max=1).add_(c)  # [x != 0] + c: the offset above N_POS when x >= 0
-    sign = torch.bitwise_right_shift(bits, 31, out=new("hist_sign"))  # -1 where x < 0 (and -0.0, whose c is 0)
-    return c.add_(a).mul_(sign).add_(a).add_(_N_POS)  # x >= 0: N_POS + a; x < 0: N_POS - c
-
-
-class Scratch:
-    """Buffers for batch-sized temporaries, by name: reused per thread, or fresh each call.
-
-    On a CPU a fresh batch-sized tensor costs more than the arithmetic done on it (new pages
-    from the system every time), so SCRATCH reuses them; a GPU's caching allocator already
-    reuses memory, so there FRESH allocates as plain code would.
-    """
-
-    def __init__(self, reuse: bool = True):
-        self.reuse = reuse
-        self._local = threading.local()
-
-    def __call__(self, name: str, shape, dtype: torch.dtype, device) -> torch.Tensor:
-        if not self.reuse:
-            return torch.empty(shape, dtype=dtype, device=device)
-        bufs = self._local.__dict__.setdefault("bufs", {})
-        n = math.prod(shape)
-        buf = bufs.get(name)
-        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != torch.device(device):
-            with torch.inference_mode(False):  # a normal tensor: usable inside and outside inference mode
-                buf = bufs[name] = torch.empty(max(n, 1), dtype=dtype, device=device)
-        return buf[:n].view(shape)
-
-
-SCRATCH, FRESH = Scratch(), Scratch(reuse=False)
-
+from neuronwidgets.histogram import N_BINS, ZERO_BIN, bin_counts
+from neuronwidgets.scratch import FRESH, SCRATCH
 
 MODALITIES = ("image", "text")
 #: Candidates buffered before a merge, as a share of the list entries (n * k).
@@ -119,7 +60,7 @@ def quantize(values: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tens
     Where scale <= 0 every relu(v) is 0, and so is the code; NaN gives 0.
     """
     q = (1 << bits) - 1
-    codes = torch.clamp(values, min=0).div_(scale).mul_(q).round_()  # relu(v) / scale <= 1: no overflow
+    codes = torch.clamp(values.float(), min=0).div_(scale.float()).mul_(q).round_()  # relu(v) / scale <= 1: no overflow
     return codes.nan_to_num_(0.0).clamp_(max=q).to(torch.uint8)  # 0 / 0 where scale is 0
 
 
@@ -287,10 +228,7 @@ class LayerState:
         self.n, self.P, self.Tm = n, n_patches, max_text
         self.top_k, self.token_k, self.random_k, self.bits = top_k, token_k, random_k, bits
         dev = torch.device(device)
-        # Skip what cannot enter a top-k by data-dependent selection: free on a CPU, a device sync on a GPU.
-        self.sparse = dev.type == "cpu"
-        self.scratch = SCRATCH if self.sparse else FRESH
-        self._bin_offsets = torch.arange(n, device=dev, dtype=torch.int32)[None, :] * N_BINS
+        self.set_design(sparse=dev.type == "cpu", keep_dtype=dev.type != "cpu")
         self._pending = {"image": _Pending(), "text": _Pending(), "top": _Pending()}
         # Buffer as many candidates as a list holds before merging: merges cost O(1) per candidate.
         # Candidate top samples carry their maps: at most PENDING_TOP_BYTES of them (at LLaVA's shape
@@ -299,10 +237,21 @@ class LayerState:
         self._limit = {"image": int(n * token_k * PENDING_SHARE), "text": int(n * token_k * PENDING_SHARE), "top": max(1, int(top_limit))}
         self._floors: dict[str, torch.Tensor] | None = None
 
+    def set_design(self, sparse: bool, keep_dtype: bool) -> None:
+        """How batches are reduced (the results are the same): as on a CPU (sparse, float32) or a GPU (dense, model dtype).
+
+        sparse: skip what cannot enter a top-k by data-dependent selection, free on a CPU, a
+        device sync on a GPU; keep_dtype: reduce float16/bfloat16 activations as they are, half
+        the bytes of float32 in every pass (slow arithmetic on a CPU).
+        """
+        self.sparse, self.keep_dtype = sparse, keep_dtype
+        self.scratch = SCRATCH if sparse else FRESH
+
     def _with_arrays(self, n: int, t: dict[str, torch.Tensor]) -> "LayerState":
         """A LayerState like this one (but for `n` neurons) over the arrays `t`, which it does not copy."""
         state = LayerState.__new__(LayerState)
         state._configure(n, self.P, self.Tm, self.top_k, self.token_k, self.random_k, self.bits, t["top_value"].device)
+        state.set_design(self.sparse, self.keep_dtype)
         state._t = t
         return state
 
@@ -374,9 +323,16 @@ class LayerState:
         self.update_tokens(*self.gather(acts, image_pos, text_pos), text_valid, samples, random_slots)
 
     def gather(self, acts: torch.Tensor, image_pos: torch.Tensor, text_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's patch and text tokens of acts [B, T, N], as float32 [B, P, N] and [B, w, N] (text already trimmed)."""
-        return tuple(gather_tokens(acts, pos, self.scratch(name, (pos.numel(), self.n), acts.dtype, acts.device)).float()
-                     for name, pos in (("img", image_pos), ("txt", text_pos)))
+        """The batch's patch and text tokens of acts [B, T, N] as [B, P, N] and [B, w, N] (text already trimmed).
+
+        float32, or float16/bfloat16 as they came with `keep_dtype`.
+        """
+        keep = self.keep_dtype and acts.dtype in (torch.float16, torch.bfloat16)
+        out = []
+        for name, pos in (("img", image_pos), ("txt", text_pos)):
+            vals = gather_tokens(acts, pos, self.scratch(name, (pos.numel(), self.n), acts.dtype, acts.device))
+            out.append(vals if keep else vals.float())
+        return tuple(out)
 
     def update_tokens(self, img: torch.Tensor, txt: torch.Tensor, text_valid: torch.Tensor, samples: torch.Tensor,
                       random_slots: list[tuple[int, int]]) -> None:
@@ -391,19 +347,17 @@ class LayerState:
             if vals.numel() == 0:
                 continue
             flat = vals.view(-1, n)
-            # Per-batch partial sums in float32 (sum(dtype=float64) would convert every value first), accumulated in float64.
-            t[f"{m}_sum"] += flat.sum(0).double()
-            square = torch.mul(flat, flat, out=self.scratch("square", flat.shape, flat.dtype, flat.device))
-            t[f"{m}_sumsq"] += square.sum(0).double()
-            bins = hist_bins(flat, self.scratch).add_(self._bin_offsets)
-            t[f"{m}_hist"] += torch.bincount(bins.view(-1), minlength=n * N_BINS).view(n, N_BINS)
+            total, squares = self._moments(flat)
+            t[f"{m}_sum"] += total.double()
+            t[f"{m}_sumsq"] += squares.double()
+            t[f"{m}_hist"] += bin_counts(flat, self.scratch)
         if width:
-            t["text_hist"][:, _ZERO_BIN] -= B * width - n_text  # the padding's zeros
+            t["text_hist"][:, ZERO_BIN] -= B * width - n_text  # the padding's zeros
         fill_padding(-torch.inf)  # from here on padding never wins a max, a top-k or a code
         # Each sample's largest activation per neuron [B, N], by modality and overall: what the
         # maxima, the top samples and the token pre-selection read.
-        img_max = img.amax(1)
-        txt_max = txt.amax(1) if width else None
+        img_max = img.amax(1).float()
+        txt_max = txt.amax(1).float() if width else None
         t["image_max"] = torch.maximum(t["image_max"], img_max.amax(0))
         smax = img_max
         if width:
@@ -423,6 +377,18 @@ class LayerState:
             t["random_text_codes"][slot] = 0
             if width:
                 t["random_text_codes"][slot, :, :width] = quantize(txt[b].T, scale, self.bits)
+
+    def _moments(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per neuron, the sum and the sum of squares of flat [tokens, n], as float32 partial sums (accumulated in float64).
+
+        (sum(dtype=float64) would convert every value first.) float16/bfloat16 are read as they
+        are and summed in float32, on a GPU inside the reduction: no float32 copy.
+        """
+        if flat.dtype == torch.float32:
+            square = torch.mul(flat, flat, out=self.scratch("square", flat.shape, flat.dtype, flat.device))
+            return flat.sum(0), square.sum(0)
+        norm = torch.linalg.vector_norm(flat, 2, dim=0, dtype=torch.float32)
+        return flat.sum(0, dtype=torch.float32), norm * norm
 
     def _fold_tokens_dense(self, m: str, vals: torch.Tensor, samples: torch.Tensor) -> None:
         """Token exemplars from vals [B, w, N], fixed shapes (no device sync): the batch's best k per neuron, then the exact order.

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from neuronwidgets.reduce import SCRATCH, LayerState, gather_tokens, trim_text
+from neuronwidgets.reduce import LayerState, gather_tokens, trim_text
+from neuronwidgets.scratch import SCRATCH
 
 #: Most bytes of gathered tokens a group of layers may hold per batch.
 GROUP_BUFFER_BYTES = 64 << 20
