@@ -348,9 +348,13 @@ def test_sparse_and_dense_folds_agree_and_ties_follow_the_total_order():
         torch.testing.assert_close(sparse.t[name], dense.t[name], rtol=0, atol=0, msg=name)
     for name, value in dense.canonical_top().items():
         torch.testing.assert_close(sparse.canonical_top()[name], value, rtol=0, atol=0, msg=name)
-    # Many exact ties (values on a coarse grid): the sparse fold keeps the exact (value desc, sample, position) order.
+    # Many exact ties (values on a coarse grid): both folds keep the exact (value desc, sample, position) order.
     tied = torch.randint(0, 3, (6, 8, 10, 7), generator=g).float()
     state = _fold_batches(tied, True)
+    dense_tied = _fold_batches(tied, False)
+    for name, value in state.t.items():
+        if not name.startswith("top_"):
+            assert torch.equal(dense_tied.t[name], value), name
     flat = tied.reshape(48, 10, 7)  # sample s = batch * 8 + b
     for n in range(7):
         cands = sorted((-float(flat[s, p, n]), s, p) for s in range(48) for p in range(4))[:5]
@@ -559,7 +563,7 @@ def test_half_precision_reduction_equals_float32(dtype, sparse):
             torch.testing.assert_close(state.t[name], value, rtol=1e-6, atol=1e-4, msg=name)
         elif name.startswith("top_"):
             continue  # unordered slots: compared in canonical order below
-        elif sparse or not name.endswith(("_sample", "_pos")):  # the dense fold breaks ties at its pre-selection its own way
+        else:
             assert torch.equal(state.t[name], value), name
     for name, value in reference.canonical_top().items():
         assert torch.equal(state.canonical_top()[name], value), name
