@@ -169,6 +169,11 @@ class _Pending:
         return cols
 
 
+def _nan_loses(values: torch.Tensor) -> torch.Tensor:
+    """values with NaN as -inf (a new tensor): in a top-k list, -inf loses to every entry, empty slots included."""
+    return torch.nan_to_num(values, nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf)
+
+
 def trim_text(text_pos: torch.Tensor, text_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The text positions and validity [B, Tm] cut after the batch's last valid text token."""
     last = text_valid * torch.arange(1, text_valid.shape[1] + 1, device=text_valid.device)
@@ -396,6 +401,8 @@ class LayerState:
         A pre-selection by topk may cut through equal values at its k-th place, keeping
         whichever of them topk picks: it looks one place further, and the (few) neurons where
         the k-th and the next value are equal are selected again in the exact total order.
+        A NaN never enters (as on the sparse path): topk ranks it first, so a neuron with one
+        among its picks is selected again with NaN read as -inf.
         """
         B, w, n = vals.shape
         k = self.token_k
@@ -406,13 +413,14 @@ class LayerState:
             # (topk along the last axis of the transposed copy measured faster on an H100 than along axis 0.)
             best = torch.topk(flat_v, k + 1, dim=1, sorted=True)
             pick = best.indices[:, :k]
-            tied = (best.values[:, k - 1] == best.values[:, k]).nonzero().view(-1)  # a device sync
-            if tied.numel():
-                pick[tied] = top_order(flat_v[tied].float(), keys.expand(tied.numel(), -1), k)
+            again = (best.values[:, k - 1] == best.values[:, k]) | best.values.isnan().any(1)
+            again = again.nonzero().view(-1)  # a device sync
+            if again.numel():
+                pick[again] = top_order(_nan_loses(flat_v[again].float()), keys.expand(again.numel(), -1), k)
             flat_v = torch.gather(flat_v, 1, pick)
         else:
             pick = torch.arange(flat_v.shape[1], device=flat_v.device)[None].expand(n, -1)
-        self._merge_tokens(m, None, flat_v, keys[pick])
+        self._merge_tokens(m, None, _nan_loses(flat_v), keys[pick])
 
     def _offer_tokens(self, m: str, vals: torch.Tensor, vmax: torch.Tensor, samples: torch.Tensor) -> None:
         """Buffer the tokens of vals [B, w, N] that can still enter a neuron's exemplars: those at or above its bound.
@@ -533,9 +541,9 @@ class LayerState:
         t["top_text_codes"][n_sel, slot] = torch.nn.functional.pad(text_codes, (0, self.Tm - text_codes.shape[1]))
 
     def _update_top_dense(self, smax, samples, img, txt) -> None:
-        """Top samples with fixed shapes (no device sync): every (sample, neuron) pair competes."""
+        """Top samples with fixed shapes: every (sample, neuron) pair competes (a NaN as -inf: it never enters)."""
         new_s = samples[None].expand(self.n, -1)
-        taken = self._take_slots(None, smax.T, new_s)
+        taken = self._take_slots(None, _nan_loses(smax.T), new_s)
         if taken is None:
             return
         n_sel, slot, chosen = taken

@@ -567,3 +567,24 @@ def test_half_precision_reduction_equals_float32(dtype, sparse):
             assert torch.equal(state.t[name], value), name
     for name, value in reference.canonical_top().items():
         assert torch.equal(state.canonical_top()[name], value), name
+
+
+def test_nan_activations_rank_nowhere_on_both_designs():
+    """A NaN never enters a top-k list, whichever design reduces it (topk ranks NaN first; the dense fold must not)."""
+    g = torch.Generator().manual_seed(5)
+    acts = torch.randn(6, 8, 10, 7, generator=g)
+    acts[0, :, :, 1] = float("nan")  # a whole batch of NaN for neuron 1: more than k per batch
+    acts[2, 3, 1, 4] = float("nan")  # one NaN patch
+    acts[3, 5, 6, 5] = float("nan")  # one NaN text token
+    acts[4, 1, 2, 6] = float("inf")
+    sparse, dense = _fold_batches(acts, True), _fold_batches(acts, False)
+    for name, value in sparse.t.items():
+        if not name.startswith("top_"):  # sums and maxima are NaN on both
+            exact = 0 if not name.endswith(("_sum", "_sumsq")) else 1e-5
+            torch.testing.assert_close(dense.t[name], value, rtol=exact, atol=exact, equal_nan=True, msg=name)
+    for name, value in sparse.canonical_top().items():
+        assert torch.equal(dense.canonical_top()[name], value), name
+    for m in ("image", "text"):
+        kept = sparse.t[f"tok_{m}_value"]
+        assert not kept.isnan().any() and (sparse.t[f"tok_{m}_sample"][1] // 8 != 0).all()  # batch 0's NaNs never kept
+    assert not sparse.canonical_top()["top_value"].isnan().any()
