@@ -116,7 +116,7 @@ def llava_shape_bytes_per_neuron(top_k=50, map_k=30, random_k=10, max_text=64, n
         st = LayerState(n, 576, max_text, top_k, top_k, rk, 4)
         g = torch.Generator().manual_seed(0)
         for k in ("top_image_codes", "top_text_codes", "random_image_codes", "random_text_codes"):
-            st.t[k] = torch.randint(0, 16, st.t[k].shape, generator=g, dtype=torch.uint8)
+            st.t[k] = torch.randint(0, 256, st.t[k].shape, generator=g, dtype=torch.uint8)  # packed 4-bit codes
         arrays, stats = state_to_arrays(st, list(range(rk)), mk)
         with tempfile.TemporaryDirectory() as tmp:
             save_file(arrays, f"{tmp}/l.safetensors")

@@ -30,7 +30,8 @@ def hist_bins(x: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
     """The histogram bin (int32) of every value of a float32 tensor, bins closed towards zero.
 
     Equal to np.searchsorted(HIST_EDGES, x, side="right") for x > 0 and side="left" for
-    x <= 0, from a few integer passes in place. With a reusing `scratch` (SCRATCH), the result
+    x <= 0, from a few integer passes in place. A NaN counts in an end bin, by its sign bit (a
+    CPU's 0/0 is a negative NaN): the first with it set, the last without. With a reusing `scratch` (SCRATCH), the result
     lives in a reused buffer (valid until the next call).
     """
     bits = x.float().contiguous().view(torch.int32)
@@ -53,7 +54,8 @@ def bin_counts(flat: torch.Tensor, scratch: Scratch | None = None) -> torch.Tens
     """Per neuron, how many of its values fall in each bin: flat [tokens, n] -> [n, N_BINS] int64.
 
     float16 (a GPU's usual dtype) is counted from its own bits in three passes; other dtypes
-    through float32 and `hist_bins`. Both equal a search of HIST_EDGES, value by value.
+    through float32 and `hist_bins`. Both equal a search of HIST_EDGES, value by value (a NaN:
+    an end bin by its sign bit, as `hist_bins`).
     """
     n = flat.shape[1]
     if flat.dtype == torch.float16:

@@ -94,8 +94,8 @@ def state_to_arrays(state: LayerState, random_slots: list[int], map_k: int | Non
     map_k = state.top_k if map_k is None else min(int(map_k), state.top_k)
     levels = (1 << state.bits) - 1
     top = state.canonical_top()
-    for mod in MODALITIES:
-        top[f"top_{mod}_hist"] = code_histogram(top[f"top_{mod}_codes"][:, map_k:], levels)
+    for mod, width in (("image", state.P), ("text", state.Tm)):
+        top[f"top_{mod}_hist"] = code_histogram(state.unstore(top[f"top_{mod}_codes"][:, map_k:], width), levels)
         top[f"top_{mod}_codes"] = top[f"top_{mod}_codes"][:, :map_k]
     a = {k: v.detach().cpu().numpy() for k, v in {**state.t, **top}.items()}
     out: dict[str, np.ndarray] = {}
@@ -116,11 +116,10 @@ def state_to_arrays(state: LayerState, random_slots: list[int], map_k: int | Non
     out["top_text_hist"] = a["top_text_hist"].astype(_smallest_uint(state.Tm))
     slots = np.asarray(random_slots, np.int64)
     out["random_value"] = a["random_value"][slots]
-    codes = {k: a[k] for k in ("top_image_codes", "top_text_codes")}
-    codes["random_image_codes"] = a["random_image_codes"][slots]
-    codes["random_text_codes"] = a["random_text_codes"][slots]
-    for k, v in codes.items():
-        out[k] = pack4(v) if state.bits == 4 else v
+    for k in ("top_image_codes", "top_text_codes"):
+        out[k] = a[k]  # the state keeps maps as the files do (4-bit codes packed two to a byte)
+    out["random_image_codes"] = a["random_image_codes"][slots]
+    out["random_text_codes"] = a["random_text_codes"][slots]
     # safetensors writes an array's memory as it lies: a strided view (a slice) would be scrambled
     return {k: np.ascontiguousarray(v) for k, v in out.items()}, stats
 
@@ -140,8 +139,8 @@ def arrays_to_state(arrays: dict[str, np.ndarray], stats: pd.DataFrame, m: dict,
     R = m["random_k"]
     n_random = arrays["random_value"].shape[0]
 
-    def codes(name, width):
-        return map_codes(arrays[name], width, bits)
+    def stored(codes: np.ndarray) -> np.ndarray:  # the state keeps maps as the files do
+        return pack4(codes) if bits == 4 else codes
 
     t = {}
     for mod in MODALITIES:
@@ -159,14 +158,14 @@ def arrays_to_state(arrays: dict[str, np.ndarray], stats: pd.DataFrame, m: dict,
     # is enough, since such a sample can only fall further (it is never shown, only counted).
     for mod, width in (("image", P), ("text", Tm)):
         stand_in = codes_from_histogram(torch.from_numpy(arrays[f"top_{mod}_hist"].astype(np.int64)), width).numpy()
-        t[f"top_{mod}_codes"] = np.concatenate([codes(f"top_{mod}_codes", width), stand_in], axis=1)
+        t[f"top_{mod}_codes"] = np.concatenate([arrays[f"top_{mod}_codes"], stored(stand_in)], axis=1)
     n = t["top_value"].shape[0]
     rv = np.zeros((R, n), np.float32)
-    ri = np.zeros((R, n, P), np.uint8)
-    rt = np.zeros((R, n, Tm), np.uint8)
-    rv[:n_random], ri[:n_random], rt[:n_random] = arrays["random_value"], codes("random_image_codes", P), codes("random_text_codes", Tm)
+    ri = np.zeros((R, n) + arrays["random_image_codes"].shape[2:], np.uint8)
+    rt = np.zeros((R, n) + arrays["random_text_codes"].shape[2:], np.uint8)
+    rv[:n_random], ri[:n_random], rt[:n_random] = arrays["random_value"], arrays["random_image_codes"], arrays["random_text_codes"]
     t["random_value"], t["random_image_codes"], t["random_text_codes"] = rv, ri, rt
-    return LayerState.from_numpy(t, top_k=m["top_k"], token_k=m["token_k"], random_k=R, bits=bits, device=device)
+    return LayerState.from_numpy(t, n_patches=P, max_text=Tm, top_k=m["top_k"], token_k=m["token_k"], random_k=R, bits=bits, device=device)
 
 
 def write_index(path: Path, manifest: dict, layers: dict[int, LayerState], samples: pd.DataFrame, random: RandomSet) -> None:

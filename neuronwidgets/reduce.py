@@ -69,18 +69,22 @@ def dequantize(codes: np.ndarray, scale, bits: int) -> np.ndarray:
     return (np.asarray(codes, np.float32) / q) * np.asarray(scale, np.float32)
 
 
-def pack4(codes: np.ndarray) -> np.ndarray:
-    """Two 4-bit codes per byte along the last axis (padded to even length)."""
+def pack4(codes):
+    """Two 4-bit codes per byte along the last axis (padded to even length): a numpy array or a torch tensor."""
+    if isinstance(codes, torch.Tensor):
+        if codes.shape[-1] % 2:
+            codes = torch.nn.functional.pad(codes, (0, 1))
+        return codes[..., 0::2] | (codes[..., 1::2] << 4)
     if codes.shape[-1] % 2:
         codes = np.concatenate([codes, np.zeros(codes.shape[:-1] + (1,), np.uint8)], axis=-1)
     return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
 
 
-def unpack4(packed: np.ndarray, length: int) -> np.ndarray:
-    out = np.empty(packed.shape[:-1] + (packed.shape[-1] * 2,), np.uint8)
-    out[..., 0::2] = packed & 0x0F
-    out[..., 1::2] = packed >> 4
-    return out[..., :length]
+def unpack4(packed, length: int):
+    """The codes `pack4` packed, cut to `length`: a numpy array or a torch tensor."""
+    halves = (packed & 0x0F, packed >> 4)
+    both = torch.stack(halves, -1) if isinstance(packed, torch.Tensor) else np.stack(halves, -1)
+    return both.reshape(packed.shape[:-1] + (packed.shape[-1] * 2,))[..., :length]
 
 
 def code_histogram(codes: torch.Tensor, levels: int, chunk: int = 1 << 22) -> torch.Tensor:
@@ -221,11 +225,12 @@ class LayerState:
             t[f"tok_{m}_pos"] = torch.full((n, token_k), -1, dtype=i64, device=dev)
         t["top_value"] = torch.full((n, top_k), -torch.inf, dtype=torch.float32, device=dev)
         t["top_sample"] = torch.full((n, top_k), -1, dtype=i64, device=dev)
-        t["top_image_codes"] = torch.zeros((n, top_k, self.P), dtype=torch.uint8, device=dev)
-        t["top_text_codes"] = torch.zeros((n, top_k, self.Tm), dtype=torch.uint8, device=dev)
+        P, Tm = self.stored_width(self.P), self.stored_width(self.Tm)
+        t["top_image_codes"] = torch.zeros((n, top_k, P), dtype=torch.uint8, device=dev)
+        t["top_text_codes"] = torch.zeros((n, top_k, Tm), dtype=torch.uint8, device=dev)
         t["random_value"] = torch.zeros((random_k, n), dtype=torch.float32, device=dev)
-        t["random_image_codes"] = torch.zeros((random_k, n, self.P), dtype=torch.uint8, device=dev)
-        t["random_text_codes"] = torch.zeros((random_k, n, self.Tm), dtype=torch.uint8, device=dev)
+        t["random_image_codes"] = torch.zeros((random_k, n, P), dtype=torch.uint8, device=dev)
+        t["random_text_codes"] = torch.zeros((random_k, n, Tm), dtype=torch.uint8, device=dev)
         self._t = t
 
     def _configure(self, n, n_patches, max_text, top_k, token_k, random_k, bits, device) -> None:
@@ -238,9 +243,21 @@ class LayerState:
         # Buffer as many candidates as a list holds before merging: merges cost O(1) per candidate.
         # Candidate top samples carry their maps: at most PENDING_TOP_BYTES of them (at LLaVA's shape
         # n * top_k would be as large as the state itself).
-        top_limit = min(n * top_k * PENDING_SHARE, PENDING_TOP_BYTES / (n_patches + max_text + 20))
+        top_limit = min(n * top_k * PENDING_SHARE, PENDING_TOP_BYTES / (self.stored_width(n_patches) + self.stored_width(max_text) + 20))
         self._limit = {"image": int(n * token_k * PENDING_SHARE), "text": int(n * token_k * PENDING_SHARE), "top": max(1, int(top_limit))}
         self._floors: dict[str, torch.Tensor] | None = None
+
+    def stored_width(self, length: int) -> int:
+        """Bytes a map of `length` codes takes in the state: 4-bit codes are packed two to a byte, as on disk."""
+        return (length + 1) // 2 if self.bits == 4 else length
+
+    def store(self, codes: torch.Tensor) -> torch.Tensor:
+        """Maps [..., length] of uint8 codes in the state's form (packed when 4-bit: half the memory)."""
+        return pack4(codes) if self.bits == 4 else codes
+
+    def unstore(self, stored: torch.Tensor, length: int) -> torch.Tensor:
+        """The codes [..., length] of maps in the state's form."""
+        return unpack4(stored, length) if self.bits == 4 else stored[..., :length]
 
     def set_design(self, sparse: bool, keep_dtype: bool) -> None:
         """How batches are reduced (the results are the same): as on a CPU (sparse, float32) or a GPU (dense, model dtype).
@@ -378,22 +395,25 @@ class LayerState:
         for slot, b in random_slots:
             scale = smax[b][:, None]
             t["random_value"][slot] = smax[b]
-            t["random_image_codes"][slot] = quantize(img[b].T, scale, self.bits)
-            t["random_text_codes"][slot] = 0
-            if width:
-                t["random_text_codes"][slot, :, :width] = quantize(txt[b].T, scale, self.bits)
+            t["random_image_codes"][slot] = self.store(quantize(img[b].T, scale, self.bits))
+            text_codes = quantize(txt[b].T, scale, self.bits)  # [N, width]: padding is -inf, code 0
+            t["random_text_codes"][slot] = self.store(torch.nn.functional.pad(text_codes, (0, self.Tm - width)))
 
     def _moments(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per neuron, the sum and the sum of squares of flat [tokens, n], as float32 partial sums (accumulated in float64).
 
-        (sum(dtype=float64) would convert every value first.) float16/bfloat16 are read as they
-        are and summed in float32, on a GPU inside the reduction: no float32 copy.
+        (sum(dtype=float64) would convert every value first.) On a GPU float16/bfloat16 are read
+        as they are and summed in float32 inside the reduction (no float32 copy); the squares too,
+        through the 2-norm, whose CUDA kernel accumulates like the sum's. A CPU's norm kernel adds
+        up serially (100x the rounding error of a sum: a variance of a large mean with a small
+        spread came out a fifth of the truth), so there the squares come from a float32 copy.
         """
-        if flat.dtype == torch.float32:
-            square = torch.mul(flat, flat, out=self.scratch("square", flat.shape, flat.dtype, flat.device))
-            return flat.sum(0), square.sum(0)
-        norm = torch.linalg.vector_norm(flat, 2, dim=0, dtype=torch.float32)
-        return flat.sum(0, dtype=torch.float32), norm * norm
+        if flat.dtype != torch.float32 and flat.device.type != "cpu":
+            norm = torch.linalg.vector_norm(flat, 2, dim=0, dtype=torch.float32)
+            return flat.sum(0, dtype=torch.float32), norm * norm
+        flat = flat.float()
+        square = torch.mul(flat, flat, out=self.scratch("square", flat.shape, flat.dtype, flat.device))
+        return flat.sum(0), square.sum(0)
 
     def _fold_tokens_dense(self, m: str, vals: torch.Tensor, samples: torch.Tensor) -> None:
         """Token exemplars from vals [B, w, N] with fixed shapes: the batch's best k per neuron, then the exact order.
@@ -497,9 +517,14 @@ class LayerState:
             self._flush_top()
 
     def _sample_codes(self, value, b, n, img, txt):
-        """The patch and text maps ([c, P], [c, w] uint8) of samples b on neurons n, on the sample's own scale."""
+        """The patch and text maps of samples b on neurons n, on the sample's own scale, in the state's form.
+
+        [c, P] and [c, w] codes (text cut to the batch's width), packed to half that when 4-bit.
+        """
         scale = value[:, None]  # the sample's maximum (quantize reads relu)
-        return quantize(img[b, :, n], scale, self.bits), quantize(txt[b, :, n], scale, self.bits)  # text padding is -inf: code 0
+        image_codes = quantize(img[b, :, n], scale, self.bits)
+        text_codes = quantize(txt[b, :, n], scale, self.bits)  # text padding is -inf: code 0
+        return self.store(image_codes), self.store(text_codes)
 
     def _flush_top(self) -> None:
         taken = self._pending["top"].take()
@@ -538,7 +563,7 @@ class LayerState:
         t["top_value"][n_sel, slot] = value
         t["top_sample"][n_sel, slot] = sample
         t["top_image_codes"][n_sel, slot] = image_codes
-        t["top_text_codes"][n_sel, slot] = torch.nn.functional.pad(text_codes, (0, self.Tm - text_codes.shape[1]))
+        t["top_text_codes"][n_sel, slot] = torch.nn.functional.pad(text_codes, (0, t["top_text_codes"].shape[2] - text_codes.shape[1]))
 
     def _update_top_dense(self, smax, samples, img, txt) -> None:
         """Top samples with fixed shapes: every (sample, neuron) pair competes (a NaN as -inf: it never enters)."""
@@ -590,9 +615,11 @@ class LayerState:
         return {k: v.detach().cpu().numpy() for k, v in {**self.t, **self.canonical_top()}.items()}
 
     @classmethod
-    def from_numpy(cls, arrays: dict[str, np.ndarray], *, top_k, token_k, random_k, bits, device="cpu") -> "LayerState":
+    def from_numpy(cls, arrays: dict[str, np.ndarray], *, n_patches: int, max_text: int, top_k, token_k, random_k, bits,
+                   device="cpu") -> "LayerState":
+        """A LayerState over `arrays` as `to_numpy` gives them (maps in the state's form)."""
         n = arrays["top_value"].shape[0]
-        state = cls(n, arrays["top_image_codes"].shape[2], arrays["top_text_codes"].shape[2], top_k, token_k, random_k, bits, device)
+        state = cls(n, n_patches, max_text, top_k, token_k, random_k, bits, device)
         for k, v in arrays.items():
             state.t[k] = torch.from_numpy(np.array(v, copy=True)).to(device)  # writable, 0-d kept
         return state

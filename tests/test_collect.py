@@ -177,6 +177,25 @@ def test_shards_merge_into_the_one_pass_index(tiny_session, data, one_pass, tmp_
         NeuronIndex.merge([a, other], path=tmp_path / "ac")
 
 
+def test_four_bit_maps_match_brute_force_and_resume_and_merge_exactly(tiny_session, data, one_pass, tmp_path):
+    """The default 4-bit maps are kept packed, two codes to a byte, in the collection's state as on disk."""
+    four = tiny_session.collect(data, path=tmp_path / "one", map_bits=4, **KW)
+    for layer in (0, 2):
+        for neuron in (0, 7, 31):
+            for r4, r8 in zip(four.records(layer, neuron), one_pass.records(layer, neuron)):
+                assert r4.sample == r8.sample
+                step = max(r8.activation, 0) * (0.51 / 15 + 0.51 / 255) + 1e-6  # half a 4-bit step plus half an 8-bit one
+                np.testing.assert_allclose(r4.patch_map, r8.patch_map, atol=step)
+                np.testing.assert_allclose(r4.text_activations, r8.text_activations, atol=step)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_session.collect(Exploding(data, at=9), path=tmp_path / "resumed", map_bits=4, checkpoint_every=1, **KW)
+    resumed = tiny_session.collect(data, path=tmp_path / "resumed", map_bits=4, checkpoint_every=1, **KW)
+    assert_same_index(resumed, four, exact=True)
+    a = tiny_session.collect(data, path=tmp_path / "a", indices=range(0, 4), map_bits=4, **KW)  # shards on batch bounds: the same float32 partial sums
+    b = tiny_session.collect(data, path=tmp_path / "b", indices=range(4, 13), map_bits=4, **KW)
+    assert_same_index(NeuronIndex.merge([a, b], path=tmp_path / "ab"), four, exact=False)
+
+
 def assert_same_index(x: NeuronIndex, y: NeuronIndex, exact: bool):
     assert x.layers == y.layers and x.manifest["random_samples"] == y.manifest["random_samples"]
     pd.testing.assert_frame_equal(x.samples.reset_index(drop=True), y.samples.reset_index(drop=True))
@@ -588,3 +607,31 @@ def test_nan_activations_rank_nowhere_on_both_designs():
         kept = sparse.t[f"tok_{m}_value"]
         assert not kept.isnan().any() and (sparse.t[f"tok_{m}_sample"][1] // 8 != 0).all()  # batch 0's NaNs never kept
     assert not sparse.canonical_top()["top_value"].isnan().any()
+
+
+def test_four_bit_state_keeps_maps_packed():
+    four, eight = (LayerState(6, 9, 5, top_k=3, token_k=2, random_k=2, bits=b) for b in (4, 8))
+    for name, width in (("top_image_codes", 9), ("top_text_codes", 5), ("random_image_codes", 9), ("random_text_codes", 5)):
+        assert eight.t[name].shape[-1] == width and four.t[name].shape[-1] == (width + 1) // 2, name
+    codes = torch.randint(0, 16, (4, 9), dtype=torch.uint8)
+    assert torch.equal(four.unstore(four.store(codes), 9), codes) and torch.equal(eight.store(codes), codes)
+
+
+def test_half_precision_sums_of_squares_keep_float32_accuracy_on_a_cpu():
+    """Review find: a CPU's norm kernel adds up serially; a large mean with a small spread lost its variance."""
+    g = torch.Generator().manual_seed(0)
+    B, P, N = 64, 577, 4
+    acts = (10 + 0.05 * torch.randn(B, P, N, generator=g)).to(torch.bfloat16)
+
+    def fold(a, keep):
+        state = LayerState(N, P, 0, top_k=1, token_k=1, random_k=0, bits=4)
+        state.set_design(sparse=True, keep_dtype=keep)
+        state.update(a, torch.arange(P).repeat(B, 1), torch.zeros(B, 0, dtype=torch.long), torch.zeros(B, 0, dtype=torch.bool),
+                     torch.arange(B), [])
+        return state.t
+
+    half, reference = fold(acts, True), fold(acts.float(), False)
+    assert torch.equal(half["image_sumsq"], reference["image_sumsq"]) and torch.equal(half["image_sum"], reference["image_sum"])
+    exact = acts.double().reshape(-1, N)
+    std = torch.sqrt(half["image_sumsq"] / len(exact) - (half["image_sum"] / len(exact)) ** 2)
+    torch.testing.assert_close(std, exact.std(0, unbiased=False), rtol=0.05, atol=0)
