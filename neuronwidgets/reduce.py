@@ -47,9 +47,13 @@ def packed_order_key(values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 
 def sorted_top_order(values: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
-    """top_order by two stable sorts (any key range, no device sync)."""
+    """top_order by two stable sorts (any key range, no device sync).
+
+    -0.0 is read as +0.0, as in the packed key: CUDA's radix sort puts -0.0 first where a CPU
+    ties them (pytorch#162235), and a tie must fall to the keys on every device.
+    """
     by_key = torch.argsort(keys, dim=1, stable=True)
-    vals = torch.gather(values, 1, by_key)
+    vals = torch.gather(values, 1, by_key) + 0.0
     by_val = torch.argsort(-vals, dim=1, stable=True)
     return torch.gather(by_key, 1, by_val)[:, :k]
 
