@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 import json
 import time
 from collections.abc import Sequence
@@ -20,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from neuronwidgets.datasets.convert import as_samples
-from neuronwidgets.index import FORMAT_VERSION, MANIFEST, IndexFormatError, NeuronIndex, RandomSet, random_key, state_to_arrays, write_index
 from neuronwidgets.histogram import HIST_EDGES
+from neuronwidgets.index import FORMAT_VERSION, MANIFEST, IndexFormatError, NeuronIndex, RandomSet, random_key, state_to_arrays, write_index
 from neuronwidgets.reduce import LayerState
 from neuronwidgets.reducer import BatchReducer
 from neuronwidgets.session import token_texts
@@ -121,14 +123,20 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
     reducer = BatchReducer(state, batch_size)
     clock = _CheckpointClock(checkpoint_every)
     bar = tqdm(total=len(positions), initial=sum(len(b) for b in batches[:start]), desc="collect", unit="img", disable=not progress)
-    for b in range(start, len(batches)):
-        batch = batches[b]
-        sample_rows += process_batch(session, samples, batch, reducer, random, text, max_text_tokens)
-        bar.update(len(batch))
-        done = b + 1
-        if path is not None and done < len(batches) and clock.due(done):
-            with clock.writing():
-                write_index(path, {**manifest, "complete": False, "next_batch": done}, reducer.states(), pd.DataFrame(sample_rows), random)
+    # The next batch is read and encoded on a second thread while the model runs this one.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuronwidgets-prefetch") as prefetch:
+        def prepare(b: int):
+            return prefetch.submit(prepare_batch, session, samples, batches[b], text, max_text_tokens) if b < len(batches) else None
+
+        upcoming = prepare(start)
+        for b in range(start, len(batches)):
+            prepared, upcoming = upcoming.result(), prepare(b + 1)
+            sample_rows += run_batch(session, prepared, reducer, random, text, max_text_tokens)
+            bar.update(len(prepared.batch))
+            done = b + 1
+            if path is not None and done < len(batches) and clock.due(done):
+                with clock.writing():
+                    write_index(path, {**manifest, "complete": False, "next_batch": done}, reducer.states(), pd.DataFrame(sample_rows), random)
     bar.close()
     state = reducer.states()
     final = {**manifest, "complete": True, "next_batch": len(batches)}
@@ -163,35 +171,64 @@ class _CheckpointClock:
         self.write_seconds = self.since - start
 
 
+@dataclass
+class PreparedBatch:
+    """A batch's inputs, made without the model (so on another thread): samples and images, and
+    unless the text is generated, the encoded inputs, token positions and table rows."""
+
+    batch: list[int]
+    items: list
+    images: list
+    encoded: list | None = None
+    positions: tuple | None = None
+    rows: list[dict] = field(default_factory=list)
+
+
+def prepare_batch(session, samples, batch: list[int], text: str, max_text_tokens: int) -> PreparedBatch:
+    """Read a batch of dataset positions and, where the text needs no model, encode it."""
+    items = [samples[i] for i in batch]
+    prepared = PreparedBatch(batch, items, [s.get_image() for s in items])
+    if text != "generate":
+        if text == "caption":
+            missing = [s.id for s in items if not s.caption]
+            if missing:
+                raise ValueError(f"text='caption' but samples {missing[:3]} have no caption; use text='generate' or 'prompt'")
+            conts = [session.tokenizer(" " + s.caption.strip(), add_special_tokens=False)["input_ids"] for s in items]
+        else:
+            conts = [None] * len(items)
+        _encode(session, prepared, conts, text, max_text_tokens)
+    return prepared
+
+
+def _encode(session, prepared: PreparedBatch, conts: list, text: str, max_text_tokens: int) -> None:
+    """Encode the batch with its continuations; fill in its token positions and table rows."""
+    tok = session.tokenizer
+    prepared.encoded = [session.encode(im, s.prompt, c) for im, s, c in zip(prepared.images, prepared.items, conts)]
+    image_pos, text_lists, text_pos, text_valid = _positions(session, prepared.encoded, text, max_text_tokens)
+    prepared.positions = (image_pos, text_pos, text_valid)
+    for s_idx, enc, tp, item in zip(prepared.batch, prepared.encoded, text_lists, prepared.items):
+        ids = [enc.input_ids[p] for p in tp]
+        prepared.rows.append({"sample": s_idx, "sample_id": item.id, "text_token_ids": ids,
+                              "text_tokens": token_texts(tok, ids), "text": tok.decode(ids, skip_special_tokens=True)})
+
+
+def run_batch(session, prepared: PreparedBatch, reducer: BatchReducer, random: RandomSet, text: str, max_text_tokens: int) -> list[dict]:
+    """Run a prepared batch through the model (generating its text first if asked) and fold it in; its table rows."""
+    if prepared.encoded is None:
+        conts = session.generate_ids(prepared.images, [s.prompt for s in prepared.items], max_new_tokens=max_text_tokens)
+        _encode(session, prepared, conts, text, max_text_tokens)
+    device = session.device
+    slots = [(slot, j) for j, s_idx in enumerate(prepared.batch) if (slot := random.offer(s_idx)) is not None]
+    sample_ids = torch.tensor(prepared.batch, dtype=torch.int64, device=device)
+    reducer.begin(*(torch.as_tensor(x, device=device) for x in prepared.positions), sample_ids, slots)
+    session.forward_record(prepared.encoded, reducer.layers, on_activation=reducer)
+    return prepared.rows
+
+
 def process_batch(session, samples, batch: list[int], reducer: BatchReducer, random: RandomSet,
                   text: str, max_text_tokens: int) -> list[dict]:
     """Run one batch of dataset positions and fold it in with `reducer`; return the samples' table rows."""
-    tok = session.tokenizer
-    device = session.device
-    items = [samples[i] for i in batch]
-    images = [s.get_image() for s in items]
-    prompts = [s.prompt for s in items]
-    if text == "generate":
-        conts = session.generate_ids(images, prompts, max_new_tokens=max_text_tokens)
-    elif text == "caption":
-        missing = [s.id for s in items if not s.caption]
-        if missing:
-            raise ValueError(f"text='caption' but samples {missing[:3]} have no caption; use text='generate' or 'prompt'")
-        conts = [tok(" " + s.caption.strip(), add_special_tokens=False)["input_ids"] for s in items]
-    else:
-        conts = [None] * len(items)
-    encoded = [session.encode(im, p, c) for im, p, c in zip(images, prompts, conts)]
-    image_pos, text_lists, text_pos, text_valid = _positions(session, encoded, text, max_text_tokens)
-    rows = []
-    for s_idx, enc, tp, item in zip(batch, encoded, text_lists, items):
-        ids = [enc.input_ids[p] for p in tp]
-        rows.append({"sample": s_idx, "sample_id": item.id, "text_token_ids": ids,
-                     "text_tokens": token_texts(tok, ids), "text": tok.decode(ids, skip_special_tokens=True)})
-    slots = [(slot, j) for j, s_idx in enumerate(batch) if (slot := random.offer(s_idx)) is not None]
-    sample_ids = torch.tensor(batch, dtype=torch.int64, device=device)
-    reducer.begin(*(torch.as_tensor(x, device=device) for x in (image_pos, text_pos, text_valid)), sample_ids, slots)
-    session.forward_record(encoded, reducer.layers, on_activation=reducer)
-    return rows
+    return run_batch(session, prepare_batch(session, samples, batch, text, max_text_tokens), reducer, random, text, max_text_tokens)
 
 
 def in_memory_index(manifest: dict, state: dict[int, LayerState], samples: pd.DataFrame, random: RandomSet, dataset=None) -> NeuronIndex:
