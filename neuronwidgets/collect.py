@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 import json
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ RUN_KEYS = ("model", "site", "layers", "n_neurons", "grid", "text", "top_k", "to
 def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int = 50, token_k: int | None = None,
             random_k: int = 10, map_k: int | None = 30, batch_size: int = 16, path: str | Path | None = None, text: str = "generate",
             max_text_tokens: int = 64, map_bits: int = 4, checkpoint_every: int | None = None, indices: Sequence[int] | None = None,
-            seed: int = 0, overwrite: bool = False, progress: bool = True) -> NeuronIndex:
+            seed: int = 0, overwrite: bool = False, progress: bool = True, prefetch: bool | None = None) -> NeuronIndex:
     """Record `layers` (default all) over `dataset` and return its NeuronIndex.
 
     text: which tokens count as text tokens, as in the paper: "generate" (the model's own
@@ -49,6 +49,9 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
     indices: the dataset positions to process (shards); sample numbers are dataset positions.
     checkpoint_every: with a `path`, write a resumable checkpoint every this many batches; by
     default once a minute of work, and never more often than keeps checkpoints under 5% of the time.
+    prefetch: read and encode the next batch on a second thread while the model runs the current
+    one (with text="generate", only read it). Default: when the model is not on a CPU, whose
+    cores the model's own threads already use.
     """
     if text not in TEXT_SOURCES:
         raise ValueError(f"text must be one of {TEXT_SOURCES}, got {text!r}")
@@ -123,20 +126,18 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
     reducer = BatchReducer(state, batch_size)
     clock = _CheckpointClock(checkpoint_every)
     bar = tqdm(total=len(positions), initial=sum(len(b) for b in batches[:start]), desc="collect", unit="img", disable=not progress)
-    # The next batch is read and encoded on a second thread while the model runs this one.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuronwidgets-prefetch") as prefetch:
-        def prepare(b: int):
-            return prefetch.submit(prepare_batch, session, samples, batches[b], text, max_text_tokens) if b < len(batches) else None
+    def prepare(batch: list[int]) -> PreparedBatch:
+        return prepare_batch(session, samples, batch, text, max_text_tokens)
 
-        upcoming = prepare(start)
-        for b in range(start, len(batches)):
-            prepared, upcoming = upcoming.result(), prepare(b + 1)
-            sample_rows += run_batch(session, prepared, reducer, random, text, max_text_tokens)
-            bar.update(len(prepared.batch))
-            done = b + 1
-            if path is not None and done < len(batches) and clock.due(done):
-                with clock.writing():
-                    write_index(path, {**manifest, "complete": False, "next_batch": done}, reducer.states(), pd.DataFrame(sample_rows), random)
+    if prefetch is None:
+        prefetch = torch.device(device).type != "cpu"
+    prepared_batches = (ahead if prefetch else map)(prepare, batches[start:])
+    for done, prepared in enumerate(prepared_batches, start + 1):
+        sample_rows += run_batch(session, prepared, reducer, random, text, max_text_tokens)
+        bar.update(len(prepared.batch))
+        if path is not None and done < len(batches) and clock.due(done):
+            with clock.writing():
+                write_index(path, {**manifest, "complete": False, "next_batch": done}, reducer.states(), pd.DataFrame(sample_rows), random)
     bar.close()
     state = reducer.states()
     final = {**manifest, "complete": True, "next_batch": len(batches)}
@@ -145,6 +146,36 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
         write_index(path, final, state, samples_df, random)
         return NeuronIndex.load(path, dataset=samples)
     return in_memory_index(final, state, samples_df, random, dataset=samples)
+
+
+def ahead(fn: Callable, items: Iterable) -> Iterator:
+    """fn(item) for each item, each computed on a thread of its own while the caller works on the one before.
+
+    Daemon threads: an error or an interrupt in the caller surfaces at once and never waits for
+    (or hangs on) a read in flight. An error in fn surfaces when its item is reached.
+    """
+    def start(item):
+        box: dict = {}
+
+        def work():
+            try:
+                box["value"] = fn(item)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller, KeyboardInterrupt included
+                box["error"] = err
+
+        thread = threading.Thread(target=work, name="neuronwidgets-prefetch", daemon=True)
+        thread.start()
+        return thread, box
+
+    items = iter(items)
+    upcoming = next((start(item) for item in items), None)
+    while upcoming is not None:
+        thread, box = upcoming
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        upcoming = next((start(item) for item in items), None)
+        yield box["value"]
 
 
 class _CheckpointClock:

@@ -437,7 +437,8 @@ class LayerState:
             # (topk along the last axis of the transposed copy measured faster on an H100 than along axis 0.)
             best = torch.topk(flat_v, k + 1, dim=1, sorted=True)
             pick = best.indices[:, :k]
-            again = (best.values[:, k - 1] == best.values[:, k]) | best.values.isnan().any(1)
+            # (ties at -inf, text padding, never matter: such a token never enters)
+            again = (best.values[:, k - 1] == best.values[:, k]) & (best.values[:, k] > -torch.inf) | best.values.isnan().any(1)
             again = again.nonzero().view(-1)  # a device sync
             if again.numel():
                 pick[again] = top_order(_nan_loses(flat_v[again].float()), keys.expand(again.numel(), -1), k)
@@ -624,6 +625,11 @@ class LayerState:
         """A LayerState over `arrays` as `to_numpy` gives them (maps in the state's form)."""
         n = arrays["top_value"].shape[0]
         state = cls(n, n_patches, max_text, top_k, token_k, random_k, bits, device)
+        for name, length in (("top_image_codes", n_patches), ("top_text_codes", max_text), ("random_image_codes", n_patches),
+                             ("random_text_codes", max_text)):
+            if arrays[name].shape[-1] != state.stored_width(length):
+                raise ValueError(f"{name} holds maps {arrays[name].shape[-1]} bytes wide; {length} {bits}-bit codes take "
+                                 f"{state.stored_width(length)} in a LayerState (4-bit codes are packed two to a byte)")
         for k, v in arrays.items():
             state.t[k] = torch.from_numpy(np.array(v, copy=True)).to(device)  # writable, 0-d kept
         return state

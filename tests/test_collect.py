@@ -635,3 +635,54 @@ def test_half_precision_sums_of_squares_keep_float32_accuracy_on_a_cpu():
     exact = acts.double().reshape(-1, N)
     std = torch.sqrt(half["image_sumsq"] / len(exact) - (half["image_sum"] / len(exact)) ** 2)
     torch.testing.assert_close(std, exact.std(0, unbiased=False), rtol=0.05, atol=0)
+
+
+def test_prefetching_collection_equals_the_plain_one_and_stops_at_a_failing_read(tiny_session, data, one_pass, tmp_path):
+    """collect(prefetch=True), the default on a GPU: batches read one ahead on a daemon thread."""
+    ahead = tiny_session.collect(data, path=tmp_path / "ahead", map_bits=8, prefetch=True, **KW)
+    assert_same_index(ahead, one_pass, exact=True)
+    path = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        tiny_session.collect(Exploding(data, at=9), path=path, map_bits=8, checkpoint_every=1, prefetch=True, **KW)
+    assert json.loads((path / "manifest.json").read_text())["next_batch"] == 2  # batches 0 and 1 kept
+    resumed = tiny_session.collect(data, path=path, map_bits=8, checkpoint_every=1, prefetch=True, **KW)
+    assert_same_index(resumed, one_pass, exact=True)
+
+
+def test_ahead_never_makes_the_caller_wait_for_a_read_in_flight():
+    import threading
+
+    from neuronwidgets.collect import ahead
+
+    release, started = threading.Event(), threading.Event()
+
+    def read(i):
+        if i == 1:
+            started.set()
+            release.wait()  # a read that blocks until released
+        if i == 3:
+            raise ValueError("sample 3 is unreadable")
+        return i * 10
+
+    assert list(ahead(lambda i: i * 10, range(5))) == [0, 10, 20, 30, 40]
+    items = ahead(read, range(5))
+    with pytest.raises(RuntimeError, match="the model failed"):
+        for value in items:
+            assert value == 0
+            started.wait()
+            raise RuntimeError("the model failed")  # surfaces while item 1 is still being read
+    assert not release.is_set()
+    release.set()
+    got = []
+    with pytest.raises(ValueError, match="sample 3 is unreadable"):  # an error in a read surfaces at its item
+        for value in ahead(read, range(5)):
+            got.append(value)
+    assert got == [0, 10, 20]
+    threads = [t for t in threading.enumerate() if t.name == "neuronwidgets-prefetch"]
+    assert all(t.daemon for t in threads)
+
+
+def test_layer_state_refuses_maps_of_the_wrong_width():
+    arrays = LayerState(3, 5, 4, top_k=2, token_k=2, random_k=1, bits=8).to_numpy()
+    with pytest.raises(ValueError, match="top_image_codes holds maps 5 bytes wide; 5 4-bit codes take 3"):
+        LayerState.from_numpy(arrays, n_patches=5, max_text=4, top_k=2, token_k=2, random_k=1, bits=4)
