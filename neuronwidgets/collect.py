@@ -256,12 +256,6 @@ def run_batch(session, prepared: PreparedBatch, reducer: BatchReducer, random: R
     return prepared.rows
 
 
-def process_batch(session, samples, batch: list[int], reducer: BatchReducer, random: RandomSet,
-                  text: str, max_text_tokens: int) -> list[dict]:
-    """Run one batch of dataset positions and fold it in with `reducer`; return the samples' table rows."""
-    return run_batch(session, prepare_batch(session, samples, batch, text, max_text_tokens), reducer, random, text, max_text_tokens)
-
-
 def in_memory_index(manifest: dict, state: dict[int, LayerState], samples: pd.DataFrame, random: RandomSet, dataset=None) -> NeuronIndex:
     canon = random.canonical()
     manifest = {**manifest, "random_samples": [int(s) for _, s, _ in canon], "n_samples": int(len(samples))}
