@@ -98,6 +98,8 @@ def code_histogram(codes: torch.Tensor, levels: int, chunk: int = 1 << 22) -> to
     histogram is all the paper rule needs of a top sample whose map is not kept.
     """
     lead, length = codes.shape[:-1], codes.shape[-1]
+    if length == 0 or codes.numel() == 0:  # no text tokens (max_text_tokens=0), or no samples past map_k
+        return torch.zeros(lead + (levels,), dtype=torch.int64, device=codes.device)
     flat = codes.reshape(-1, length)
     out = torch.zeros((flat.shape[0], levels + 1), dtype=torch.int64, device=codes.device)
     step = max(1, chunk // max(length, 1))

@@ -686,3 +686,14 @@ def test_layer_state_refuses_maps_of_the_wrong_width():
     arrays = LayerState(3, 5, 4, top_k=2, token_k=2, random_k=1, bits=8).to_numpy()
     with pytest.raises(ValueError, match="top_image_codes holds maps 5 bytes wide; 5 4-bit codes take 3"):
         LayerState.from_numpy(arrays, n_patches=5, max_text=4, top_k=2, token_k=2, random_k=1, bits=4)
+
+
+def test_an_image_only_collection_without_text_tokens(tiny_session, data, tmp_path):
+    """max_text_tokens=0: patches only (review find: saving crashed on maps of width 0)."""
+    tiny_session.collect(data, path=tmp_path / "image-only", **{**KW, "max_text_tokens": 0})
+    index = NeuronIndex.load(tmp_path / "image-only")
+    assert "text" not in set(index.categories().category)
+    assert (index.stats(0).text_count == 0).all()
+    record = index.records(0, 0)[0]
+    assert len(record.text_activations) == 0 and record.patch_map.shape == index.grid
+    assert index.exemplars(0, 0, modality="text").empty and len(index.exemplars(0, 0, modality="image")) == KW["token_k"]
