@@ -229,7 +229,7 @@ def profile_batch(session, data, batch_size, reduce: str) -> str:
     prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else []))
     paired_pass(session, data[: 12 * batch_size], batch_size, reduce=reduce, on_batch=lambda i: i == 8 and prof.start())
     prof.stop()
-    return prof.key_averages().table(sort_by="cuda_time_total" if gpu else "self_cpu_time_total", row_limit=25, max_name_column_width=48)
+    return prof.key_averages().table(sort_by="device_time_total" if gpu else "self_cpu_time_total", row_limit=25, max_name_column_width=48)
 
 
 def main():
@@ -282,9 +282,14 @@ def main():
         summary = summarize(encode, plain, stream, len(data), args.batch_size)
         res.update({k if len(designs) == 1 else f"{design}_{k}": v for k, v in summary.items()})
         res.setdefault("reduce", args.reduce)
+        if args.json:  # the figures so far, in case a later step fails
+            Path(args.json).write_text(json.dumps(res, indent=2))
         if args.profile:
             print(f"profile of collected batches ({design}):")
-            print(profile_batch(session, data, args.batch_size, design), flush=True)
+            try:
+                print(profile_batch(session, data, args.batch_size, design), flush=True)
+            except Exception as err:  # a profile is an extra: it must not cost the figures
+                print(f"(profile failed: {type(err).__name__}: {err})", flush=True)
     if args.naive:
         few = data[: args.naive_n]
         res["naive_n"] = len(few)

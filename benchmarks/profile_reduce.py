@@ -34,5 +34,5 @@ with profile(activities=acts_) as prof:
     st.update(acts, ip, tp, tv, torch.arange(B, device=dev) + 1000, [])
     if dev == "cuda":
         torch.cuda.synchronize()
-key = "cuda_time_total" if dev == "cuda" else "self_cpu_time_total"
+key = "device_time_total" if dev == "cuda" else "self_cpu_time_total"
 print(prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=40))
