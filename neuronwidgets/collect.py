@@ -126,6 +126,7 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
     reducer = BatchReducer(state, batch_size)
     clock = _CheckpointClock(checkpoint_every)
     bar = tqdm(total=len(positions), initial=sum(len(b) for b in batches[:start]), desc="collect", unit="img", disable=not progress)
+
     def prepare(batch: list[int]) -> PreparedBatch:
         return prepare_batch(session, samples, batch, text, max_text_tokens)
 

@@ -21,7 +21,7 @@ _POS_EDGES = np.array([2.0**e * f for e in range(_LOW_EXP, _HIGH_EXP) for f in (
 HIST_EDGES = np.concatenate([-_POS_EDGES[::-1], [0.0], _POS_EDGES])
 N_BINS = len(HIST_EDGES) + 1
 _N_POS = len(_POS_EDGES)
-_ZERO_BIN = _N_POS  # the bin of 0.0: (-2^-10, 0]
+ZERO_BIN = _N_POS  # the bin of 0.0: (-2^-10, 0]
 # (|x| bits) >> 22 is 2 * biased exponent + first mantissa bit; for 2^-10 it is 2 * (127 - 10).
 _BITS_BELOW_FIRST_EDGE = 2 * (127 + _LOW_EXP) - 1
 
@@ -31,8 +31,8 @@ def hist_bins(x: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
 
     Equal to np.searchsorted(HIST_EDGES, x, side="right") for x > 0 and side="left" for
     x <= 0, from a few integer passes in place. A NaN counts in an end bin, by its sign bit (a
-    CPU's 0/0 is a negative NaN): the first with it set, the last without. With a reusing `scratch` (SCRATCH), the result
-    lives in a reused buffer (valid until the next call).
+    CPU's 0/0 is a negative NaN): the first with it set, the last without. With a reusing
+    `scratch` (SCRATCH), the result lives in a reused buffer (valid until the next call).
     """
     bits = x.float().contiguous().view(torch.int32)
     scratch = scratch or FRESH
@@ -43,7 +43,6 @@ def hist_bins(x: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
     a = mag.clamp_(max=1).add_(c)  # [x != 0] + c: the offset above N_POS when x >= 0
     sign = torch.bitwise_right_shift(bits, 31, out=new("hist_sign"))  # -1 where x < 0 (and -0.0, whose c is 0)
     return c.add_(a).mul_(sign).add_(a).add_(_N_POS)  # x >= 0: N_POS + a; x < 0: N_POS - c
-ZERO_BIN = _ZERO_BIN
 
 # A float16's top 7 bits (sign, exponent, first mantissa bit) fix its bin, except that +0.0
 # shares its code with the tiny positives (0, 2^-10): 128 codes per neuron, then one fold.
@@ -84,7 +83,13 @@ def _offsets(n: int, width: int, shift: int, device: torch.device) -> torch.Tens
 
 @functools.lru_cache(maxsize=8)
 def _half_code_bins(device: torch.device) -> torch.Tensor:
-    """The bin of each float16 code (code + 64 -> bin), read off a nonzero value with that code."""
-    codes = torch.arange(_HALF_CODES, dtype=torch.int32) - _HALF_CODES // 2
-    bits = ((codes << _HALF_SHIFT) | 1).to(torch.int16)  # the smallest magnitude with the code, but not 0
-    return hist_bins(bits.view(torch.float16).float()).long().to(device)
+    """The bin of each float16 code (code + 64 -> bin), read off a nonzero value with that code.
+
+    Built from numbers, not from float16 bits: a CPU may drop a NaN's sign when it widens a
+    float16, and the codes of +-inf are shared with NaNs (which count as +-inf, by sign).
+    """
+    code = (np.arange(_HALF_CODES) - _HALF_CODES // 2) & (_HALF_CODES - 1)  # the 7 top bits: sign, exponent, first mantissa bit
+    sign, exponent, m1 = code >> 6, (code >> 1) & 31, code & 1
+    magnitude = np.where(exponent == 31, np.inf, 2.0 ** (np.maximum(exponent, 1) - 15) * ((exponent > 0) + m1 / 2 + 2.0**-10))
+    values = torch.from_numpy(np.where(sign == 1, -magnitude, magnitude).astype(np.float32))
+    return hist_bins(values).long().to(device)
