@@ -246,7 +246,7 @@ def main():
     ap.add_argument("--reduce", default="auto",
                     help="auto: as collect (sparse on a CPU, dense on a GPU), sparse or dense to force a design, "
                          "or several, comma-separated (dense,sparse) to compare them in one run")
-    ap.add_argument("--profile", action="store_true", help="also print a profile of collected batches (after 256 images)")
+    ap.add_argument("--profile", action="store_true", help="also print a profile of paired batches 9-12 (the top-k lists filled by then)")
     args = ap.parse_args()
     designs = args.reduce.split(",")
     if any(d not in ("auto", "sparse", "dense") for d in designs):
@@ -263,7 +263,7 @@ def main():
     print(f"data: {len(data)} images, batch {args.batch_size}, device {device}, threads {torch.get_num_threads()}", flush=True)
     print(f"glibc M_TOP_PAD {args.malloc_top_pad} MiB: {'set' if padded else 'not set'}")
     warm = data[: args.batch_size]
-    res = {"model": what, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "n": len(data),
+    res = {"model": what, "reduce": args.reduce, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "n": len(data),
            "batch_size": args.batch_size, "malloc_top_pad_mib": args.malloc_top_pad if padded else 0}
     for design in designs:
         paired_pass(session, warm, args.batch_size, reduce=design)
@@ -281,7 +281,6 @@ def main():
                   f"ratio {(sum(e) + sum(c)) / (sum(e) + sum(p)):.3f} ({sum(c) / sum(p):.3f} forward only)", flush=True)
         summary = summarize(encode, plain, stream, len(data), args.batch_size)
         res.update({k if len(designs) == 1 else f"{design}_{k}": v for k, v in summary.items()})
-        res.setdefault("reduce", args.reduce)
         if args.json:  # the figures so far, in case a later step fails
             Path(args.json).write_text(json.dumps(res, indent=2))
         if args.profile:
