@@ -27,7 +27,7 @@ from safetensors.numpy import load_file, save_file
 
 from neuronwidgets.histogram import HIST_EDGES
 from neuronwidgets.records import ActivationRecord
-from neuronwidgets.reduce import MODALITIES, LayerState, code_histogram, codes_from_histogram, dequantize, pack4, unpack4
+from neuronwidgets.reduce import MODALITIES, LayerState, code_histogram, codes_from_histogram, dequantize, map_codes, store_codes
 
 FORMAT_VERSION = 4  # 4: histogram edges at 2^e and 1.5 * 2^e; maps for the best map_k top samples only
 MANIFEST = "manifest.json"
@@ -73,11 +73,6 @@ class RandomSet:
 # --- saving and loading the state ---------------------------------------------------------
 def _layer_file(path: Path, layer: int) -> Path:
     return path / "layers" / f"layer_{layer:03d}.safetensors"
-
-
-def map_codes(stored: np.ndarray, width: int, bits: int) -> np.ndarray:
-    """Stored map codes as one uint8 per patch or token (4-bit maps are stored two to a byte)."""
-    return unpack4(stored, width) if bits == 4 else stored
 
 
 def _smallest_uint(limit: int):
@@ -139,9 +134,6 @@ def arrays_to_state(arrays: dict[str, np.ndarray], stats: pd.DataFrame, m: dict,
     R = m["random_k"]
     n_random = arrays["random_value"].shape[0]
 
-    def stored(codes: np.ndarray) -> np.ndarray:  # the state keeps maps as the files do
-        return pack4(codes) if bits == 4 else codes
-
     t = {}
     for mod in MODALITIES:
         t[f"{mod}_count"] = np.asarray(int(stats[f"{mod}_count"].iloc[0]) if len(stats) else 0, np.int64)
@@ -158,7 +150,7 @@ def arrays_to_state(arrays: dict[str, np.ndarray], stats: pd.DataFrame, m: dict,
     # is enough, since such a sample can only fall further (it is never shown, only counted).
     for mod, width in (("image", P), ("text", Tm)):
         stand_in = codes_from_histogram(torch.from_numpy(arrays[f"top_{mod}_hist"].astype(np.int64)), width).numpy()
-        t[f"top_{mod}_codes"] = np.concatenate([arrays[f"top_{mod}_codes"], stored(stand_in)], axis=1)
+        t[f"top_{mod}_codes"] = np.concatenate([arrays[f"top_{mod}_codes"], store_codes(stand_in, bits)], axis=1)  # the state keeps maps as files do
     n = t["top_value"].shape[0]
     rv = np.zeros((R, n), np.float32)
     ri = np.zeros((R, n) + arrays["random_image_codes"].shape[2:], np.uint8)

@@ -91,6 +91,16 @@ def unpack4(packed, length: int):
     return both.reshape(packed.shape[:-1] + (packed.shape[-1] * 2,))[..., :length]
 
 
+def store_codes(codes, bits: int):
+    """Maps of uint8 codes [..., length] as an index keeps them, in files and in a LayerState (4-bit: two to a byte)."""
+    return pack4(codes) if bits == 4 else codes
+
+
+def map_codes(stored, width: int, bits: int):
+    """Stored maps as one uint8 code per patch or token, cut to `width`: numpy or torch."""
+    return unpack4(stored, width) if bits == 4 else stored[..., :width]
+
+
 def code_histogram(codes: torch.Tensor, levels: int, chunk: int = 1 << 22) -> torch.Tensor:
     """Counts of the codes 1..levels along the last axis: [..., L] uint8 -> [..., levels] int64.
 
@@ -259,11 +269,11 @@ class LayerState:
 
     def store(self, codes: torch.Tensor) -> torch.Tensor:
         """Maps [..., length] of uint8 codes in the state's form (packed when 4-bit: half the memory)."""
-        return pack4(codes) if self.bits == 4 else codes
+        return store_codes(codes, self.bits)
 
     def unstore(self, stored: torch.Tensor, length: int) -> torch.Tensor:
         """The codes [..., length] of maps in the state's form."""
-        return unpack4(stored, length) if self.bits == 4 else stored[..., :length]
+        return map_codes(stored, length, self.bits)
 
     def set_design(self, sparse: bool, keep_dtype: bool) -> None:
         """How batches are reduced (the results are the same): as on a CPU (sparse, float32) or a GPU (dense, model dtype).
