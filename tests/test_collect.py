@@ -408,6 +408,23 @@ def test_packed_top_order_equals_two_stable_sorts():
     assert torch.equal(top_order(values, big, 17), sorted_top_order(values, big, 17))
 
 
+@pytest.mark.parametrize("n_rows", [6, 40])  # most rows have entries (every row a group) / few do (the rows listed)
+def test_group_by_row_lays_every_entry_in_its_rows_group(n_rows):
+    from neuronwidgets.reduce import _group_by_row, _padded
+
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, 6, (50,), generator=g)
+    values = torch.arange(50) + 1
+    rows, flat, shape = _group_by_row(ids, n_rows)
+    padded = _padded((rows, flat, shape), values, 0)
+    listed = torch.arange(n_rows) if rows is None else rows
+    assert (rows is None) == (n_rows == 6) and shape == (listed.numel(), int(torch.bincount(ids).max()))
+    for group, row in enumerate(listed.tolist()):
+        got = padded[group][padded[group] > 0].sort().values
+        assert torch.equal(got, values[ids == row]), row
+    assert _group_by_row(ids[:0], n_rows) is None
+
+
 def test_histogram_bins_equal_a_search_at_every_edge():
     from neuronwidgets.histogram import N_BINS, hist_bins
 
