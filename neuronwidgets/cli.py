@@ -106,6 +106,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    import pandas as pd
+
     from neuronwidgets.index import NeuronIndex
 
     try:
@@ -113,23 +115,32 @@ def cmd_explain(args) -> int:
     except ImportError as err:  # pragma: no cover
         raise SystemExit(f"explanations are not available: {err}")
     index = NeuronIndex.load(args.index)
+    holdout = NeuronIndex.load(args.holdout) if args.holdout else None
+    scored_on = holdout if holdout is not None else index  # where the held-out records' samples are
     if args.explainer == "concept":
-        if index.dataset is None:
-            raise SystemExit("the concept explainer needs the dataset's concept masks; this index's dataset cannot be rebuilt")
-        explainer = ConceptExplainer(index.dataset)
-        simulator = ConceptSimulator(index.dataset)
+        for name, idx in (("index", index), ("held-out index", holdout)):
+            if idx is not None and idx.dataset is None:
+                raise SystemExit(f"the concept explainer needs the dataset's concept masks; the {name}'s dataset cannot be rebuilt")
+        # Without a held-out index the search leaves the random records alone, to score on.
+        explainer = ConceptExplainer(index.dataset, include_random=holdout is not None)
+        simulator = ConceptSimulator(scored_on.dataset)
+        if holdout is None:
+            print("scoring on the index's random records (the concept search reads every top record); "
+                  "pass --holdout DIR, an index collected over other samples, to score on top and random records")
     else:
         from neuronwidgets.llm import OpenAIClient
 
         client = OpenAIClient(model=args.llm_model, base_url=args.base_url)
-        explainer, simulator = Explainer(client), Simulator(client)
+        explainer, simulator = Explainer(client), Simulator(client, scored_on)
     cats = index.categories()
     chosen = cats[cats.category != "inactive"]
     if args.layers:
         chosen = chosen[chosen.layer.isin([int(x) for x in args.layers.split(",")])]
     neurons = list(zip(chosen.layer, chosen.neuron))[: args.limit]
-    table = explain_all(index, neurons=neurons, explainer=explainer, simulator=simulator)
-    print(table.head(20).to_string(index=False))
+    table = explain_all(index, neurons=neurons, explainer=explainer, simulator=simulator, holdout=holdout)
+    cols = [c for c in ("layer", "neuron", "category", "text", "score", "score_top", "score_random", "baseline", "error") if c in table]
+    with pd.option_context("display.width", 160, "display.max_colwidth", 60):
+        print(table[cols].head(20).to_string(index=False))
     return 0
 
 
@@ -182,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--base-url")
     e.add_argument("--layers")
     e.add_argument("--limit", type=int, default=50)
+    e.add_argument("--holdout", metavar="DIR", help="an index of the same model over other samples, to score the explanations on "
+                   "(default: the records of INDEX that the explainer did not read)")
     e.set_defaults(func=cmd_explain)
     d = sub.add_parser("demo", help="the toy model end to end: collect, categorise, explain, export")
     d.add_argument("--out", default="runs/demo")

@@ -207,3 +207,19 @@ def test_lazy_samples_load_their_image_on_access(tmp_path):
     data = image_folder(folder)
     assert data[1].image.size == (32, 32) and data[1].get_image().size == (32, 32)
     assert "image" not in repr(data[1])  # repr does not read the file
+
+
+def test_explain_scores_concepts_with_and_without_a_held_out_index(tmp_path):
+    common = ["--model", "toy", "--batch-size", "16", "--text", "caption", "--top-k", "10", "--random-k", "10"]
+    run(["collect", *common, "--data", "shapes:n=80,seed=0", "--out", str(tmp_path / "index")])
+    run(["collect", *common, "--data", "shapes:n=40,seed=9", "--out", str(tmp_path / "held")])
+    # Without --holdout the concept search leaves the random records alone and scores on them.
+    out = run(["explain", str(tmp_path / "index"), "--layers", "0", "--limit", "3"]).stdout
+    assert "scoring on the index's random records" in out and "score_random" in out and "exemplars" not in out
+    table = NeuronIndex.load(tmp_path / "index").explanations()
+    assert len(table) == 3 and table["error"].isna().all() and table["score_random"].notna().all()
+    assert table["score_top"].isna().all()  # every top record was read by the search
+    out = run(["explain", str(tmp_path / "index"), "--layers", "1", "--limit", "2", "--holdout", str(tmp_path / "held")]).stdout
+    table = NeuronIndex.load(tmp_path / "index").explanations()
+    scored = table[table["layer"] == 1]
+    assert len(scored) == 2 and scored["error"].isna().all() and scored["score_top"].notna().all()

@@ -290,6 +290,18 @@ def test_explain_all_stores_a_table_and_resumes(world, tmp_path):
     assert "table" in result.notes[0] and result.baseline_explanation.neuron != RED
 
 
+def test_explain_all_without_holdout_refuses_at_once_when_nothing_is_held_out(world, tmp_path):
+    data, _, _ = world
+    index = FakeIndex(data[:120], path=tmp_path)
+    reads_all = CountingExplainer()  # top and random records: none left in the index to score on
+    with pytest.raises(ValueError, match="holdout=.*include_random=False"):
+        explain_all(index, neurons=[(0, RED)], explainer=reads_all, simulator=ConceptSimulator(data), progress=False)
+    assert reads_all.calls == 0  # refused before any work
+    top_only = CountingExplainer(include_random=False)  # the random records stay held out
+    table = explain_all(index, neurons=[(0, RED)], explainer=top_only, simulator=ConceptSimulator(data), progress=False)
+    assert top_only.calls == 1 and table["error"].isna().all() and table["score_random"].iloc[0] > 0.5
+
+
 def test_samples_are_found_by_id_in_a_superset(world):
     data, _, held = world
     # The held-out index counts its samples from 0; the full dataset still finds them by id.

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from neuronwidgets.explain.data import categories
 from neuronwidgets.explain.explainer import ExplanationError
 from neuronwidgets.explain.explanation import Explanation
-from neuronwidgets.explain.scoring import score
+from neuronwidgets.explain.scoring import NoHeldOutRecords, score
 from neuronwidgets.explain.simulator import SimulationParseError
 from neuronwidgets.llm.errors import LLMRequestError
 
@@ -33,6 +33,8 @@ SCORE_COLUMNS = ["score", "score_top", "score_random", "baseline", "baseline_top
 COLUMNS = EXPLANATION_COLUMNS + SCORE_COLUMNS + ["error"]
 #: Failures that are recorded in a row (and retried on the next run) instead of stopping the batch.
 RECOVERABLE = (LLMRequestError, ExplanationError, SimulationParseError)
+#: Scoring errors that concern one neuron: stored in its row (explained again on the next run).
+SCORE_RECOVERABLE = RECOVERABLE + (NoHeldOutRecords,)
 
 
 def _neurons(index, neurons) -> list[tuple[int, int]]:
@@ -91,6 +93,12 @@ def explain_all(index, neurons=None, explainer=None, simulator=None, *, holdout=
         from neuronwidgets.explain.concept import ConceptExplainer
 
         explainer = ConceptExplainer()
+    if simulator is not None and holdout is None and getattr(explainer, "shows_every_record", False):
+        raise ValueError(
+            f"{explainer!r} reads every top and random record of a neuron, so the index holds none back to score "
+            "the explanations on: pass holdout= (a NeuronIndex collected over other samples, e.g. "
+            "session.collect(other_data)), or ConceptExplainer(include_random=False) to score on the random records alone"
+        )
     todo = _neurons(index, neurons)
     file = Path(path) if path is not None else (Path(index.path) / TABLE if getattr(index, "path", None) else None)
     rows: dict[tuple[int, int], dict] = {}
@@ -125,16 +133,15 @@ def explain_all(index, neurons=None, explainer=None, simulator=None, *, holdout=
             table = _save(rows, None)
             # Scored means the simulator column is set: a NaN score (a constant simulation) is a result too.
             scoring = [k for k in todo if k in rows and _isnull(rows[k].get("error")) and _isnull(rows[k].get("simulator"))]
-            bar.reset(total=len(todo))
-            bar.update(len(todo) - len(scoring))
-            bar.set_description("score")
+            bar.close()  # a bar of its own (a reset bar keeps its first start and shows negative rates)
+            bar = tqdm(total=len(todo), initial=len(todo) - len(scoring), desc="score", unit="neuron", disable=not progress)
 
             def score_one(key):
                 exp = Explanation.from_row(rows[key])
                 try:
                     result = score(exp, index, simulator, holdout=holdout, baseline_table=table, n_top=n_top, n_random=n_random,
                                    workers=1)
-                except RECOVERABLE as err:
+                except SCORE_RECOVERABLE as err:
                     return key, None, f"score: {type(err).__name__}: {err}"
                 row = dict(rows[key])
                 s = result.summary()

@@ -83,6 +83,11 @@ class ConceptExplainer:
     def __repr__(self) -> str:
         return f"<ConceptExplainer threshold={self.threshold} max_terms={self.max_terms}>"
 
+    @property
+    def shows_every_record(self) -> bool:
+        """Whether the search reads every record of a neuron in the index (top and random): then none is held out to score on."""
+        return self.include_random
+
     # --- the evidence: active patches / tokens and where each concept is present ------------------
     def _evidence(self, index, layer: int, neuron: int, modality: str):
         records = _records(index, layer, neuron, self.include_random)

@@ -88,6 +88,10 @@ class ScoreResult:
 
 
 # --- the held-out inputs ---------------------------------------------------------------------
+class NoHeldOutRecords(ValueError):
+    """The explainer read every record of the neuron in the index: none is left to score on."""
+
+
 def _holdout_inputs(explanation: Explanation, index_or_inputs, holdout, n_top: int | None, n_random: int | None):
     """(records, where their samples are) for scoring."""
     L, N = explanation.layer, explanation.neuron
@@ -104,7 +108,7 @@ def _holdout_inputs(explanation: Explanation, index_or_inputs, holdout, n_top: i
         random = [r for r in source.records(L, N, "random") if r.sample_id not in used][:n_random]
         records = top + random
         if not records:
-            raise ValueError(
+            raise NoHeldOutRecords(
                 "every record of this neuron in the index was shown to the explainer, so none is held out: "
                 "pass holdout= (a NeuronIndex collected over other samples, or a list of ActivationRecords)"
             )
