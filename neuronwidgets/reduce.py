@@ -282,7 +282,7 @@ class LayerState:
         return map_codes(stored, length, self.bits)
 
     def set_design(self, sparse: bool, keep_dtype: bool) -> None:
-        """How batches are reduced (the results are the same): as on a CPU (sparse, float32) or a GPU (dense, model dtype).
+        """How batches are reduced (the same results, but for float32 rounding in the sums): as on a CPU (sparse, float32) or a GPU (dense, model dtype).
 
         sparse: skip what cannot enter a top-k by data-dependent selection, free on a CPU, a
         device sync on a GPU; keep_dtype: reduce float16/bfloat16 activations as they are, half

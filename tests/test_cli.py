@@ -219,7 +219,10 @@ def test_explain_scores_concepts_with_and_without_a_held_out_index(tmp_path):
     table = NeuronIndex.load(tmp_path / "index").explanations()
     assert len(table) == 3 and table["error"].isna().all() and table["score_random"].notna().all()
     assert table["score_top"].isna().all()  # every top record was read by the search
-    out = run(["explain", str(tmp_path / "index"), "--layers", "1", "--limit", "2", "--holdout", str(tmp_path / "held")]).stdout
+    # Again with --holdout: the same neurons are scored again, on the held-out index's top and random records.
+    run(["explain", str(tmp_path / "index"), "--layers", "0", "--limit", "3", "--holdout", str(tmp_path / "held")])
     table = NeuronIndex.load(tmp_path / "index").explanations()
-    scored = table[table["layer"] == 1]
-    assert len(scored) == 2 and scored["error"].isna().all() and scored["score_top"].notna().all()
+    assert len(table) == 3 and table["error"].isna().all() and table["score_top"].notna().all()
+    assert table["held_out"].str.startswith("holdout:").all()
+    bad = run(["explain", str(tmp_path / "index"), "--holdout", str(tmp_path / "index")], check=False)
+    assert bad.returncode != 0 and "the index itself" in bad.stderr

@@ -302,6 +302,34 @@ def test_explain_all_without_holdout_refuses_at_once_when_nothing_is_held_out(wo
     assert top_only.calls == 1 and table["error"].isna().all() and table["score_random"].iloc[0] > 0.5
 
 
+def test_explain_all_refuses_a_held_out_index_that_does_not_fit_and_rescores_when_it_changes(world, tmp_path):
+    data, _, held = world
+    index = FakeIndex(data[:120], path=tmp_path)
+    sim = ConceptSimulator(data)
+    with pytest.raises(ValueError, match="random_k=0"):  # top records all read, no random ones
+        explain_all(FakeIndex(data[:120], random_k=0), explainer=CountingExplainer(include_random=False), simulator=sim, progress=False)
+    with pytest.raises(ValueError, match="the index itself"):
+        explain_all(index, explainer=CountingExplainer(), simulator=sim, holdout=index, progress=False)
+    other_layers = FakeIndex(data[120:160])
+    other_layers.layers = [1]
+    with pytest.raises(ValueError, match="no layer 0"):
+        explain_all(index, explainer=CountingExplainer(), simulator=sim, holdout=other_layers, progress=False)
+    with pytest.raises(ValueError, match="n_neurons"):
+        explain_all(index, explainer=CountingExplainer(), simulator=sim, holdout=FakeIndex(data[120:160], n_neurons=5), progress=False)
+    # Scored on a held-out index, then without one: the explanation read every record, so it is explained
+    # again with the explainer asked for now and scored on the random records it left alone.
+    kw = dict(neurons=[(0, RED)], simulator=sim, progress=False)
+    first = explain_all(index, explainer=CountingExplainer(), holdout=held, **kw)
+    assert first["score_top"].notna().all() and first["held_out"].iloc[0].startswith("holdout")
+    again = CountingExplainer(include_random=False)
+    second = explain_all(index, explainer=again, **kw)
+    assert again.calls == 1 and second["error"].isna().all() and second["held_out"].iloc[0] == "index"
+    assert second["score_top"].isna().all() and second["score_random"].notna().all()
+    back = CountingExplainer()
+    third = explain_all(index, explainer=back, holdout=held, **kw)  # the held-out records changed: scored again
+    assert back.calls == 0 and third["held_out"].iloc[0].startswith("holdout") and third["score_top"].notna().all()
+
+
 def test_samples_are_found_by_id_in_a_superset(world):
     data, _, held = world
     # The held-out index counts its samples from 0; the full dataset still finds them by id.

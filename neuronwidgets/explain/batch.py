@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from neuronwidgets.explain.data import categories
+from neuronwidgets.explain.data import categories, is_index
 from neuronwidgets.explain.explainer import ExplanationError
 from neuronwidgets.explain.explanation import Explanation
 from neuronwidgets.explain.scoring import NoHeldOutRecords, score
@@ -29,7 +29,7 @@ from neuronwidgets.llm.errors import LLMRequestError
 TABLE = "explanations.parquet"
 EXPLANATION_COLUMNS = ["layer", "neuron", "category", "text", "concept", "explainer", "model", "prompt_version", "exemplars", "extra"]
 SCORE_COLUMNS = ["score", "score_top", "score_random", "baseline", "baseline_top", "baseline_random", "baseline_layer",
-                 "baseline_neuron", "baseline_text", "modality", "n_unparsed", "simulator"]
+                 "baseline_neuron", "baseline_text", "modality", "n_unparsed", "simulator", "held_out"]
 COLUMNS = EXPLANATION_COLUMNS + SCORE_COLUMNS + ["error"]
 #: Failures that are recorded in a row (and retried on the next run) instead of stopping the batch.
 RECOVERABLE = (LLMRequestError, ExplanationError, SimulationParseError)
@@ -93,13 +93,10 @@ def explain_all(index, neurons=None, explainer=None, simulator=None, *, holdout=
         from neuronwidgets.explain.concept import ConceptExplainer
 
         explainer = ConceptExplainer()
-    if simulator is not None and holdout is None and getattr(explainer, "shows_every_record", False):
-        raise ValueError(
-            f"{explainer!r} reads every top and random record of a neuron, so the index holds none back to score "
-            "the explanations on: pass holdout= (a NeuronIndex collected over other samples, e.g. "
-            "session.collect(other_data)), or ConceptExplainer(include_random=False) to score on the random records alone"
-        )
     todo = _neurons(index, neurons)
+    if simulator is not None:
+        _check_holdout(index, holdout, explainer, todo)
+    held_out = _held_out_tag(holdout)
     file = Path(path) if path is not None else (Path(index.path) / TABLE if getattr(index, "path", None) else None)
     rows: dict[tuple[int, int], dict] = {}
     if resume and file is not None and file.exists():
@@ -132,21 +129,33 @@ def explain_all(index, neurons=None, explainer=None, simulator=None, *, holdout=
         if simulator is not None:
             table = _save(rows, None)
             # Scored means the simulator column is set: a NaN score (a constant simulation) is a result too.
-            scoring = [k for k in todo if k in rows and _isnull(rows[k].get("error")) and _isnull(rows[k].get("simulator"))]
+            # ... on the held-out records asked for now (else scored again; tables from before the column: kept).
+            scoring = [k for k in todo if k in rows and _isnull(rows[k].get("error"))
+                       and (_isnull(rows[k].get("simulator")) or not _isnull(rows[k].get("held_out")) and rows[k]["held_out"] != held_out)]
             bar.close()  # a bar of its own (a reset bar keeps its first start and shows negative rates)
-            bar = tqdm(total=len(todo), initial=len(todo) - len(scoring), desc="score", unit="neuron", disable=not progress)
+            bar = tqdm(total=len(todo), initial=len(todo) - len(scoring), desc="score", unit="neuron",
+                       disable=not progress or not scoring)
 
             def score_one(key):
-                exp = Explanation.from_row(rows[key])
-                try:
-                    result = score(exp, index, simulator, holdout=holdout, baseline_table=table, n_top=n_top, n_random=n_random,
-                                   workers=1)
-                except SCORE_RECOVERABLE as err:
-                    return key, None, f"score: {type(err).__name__}: {err}"
                 row = dict(rows[key])
+                for attempt in range(2):
+                    exp = Explanation.from_row(row)
+                    try:
+                        result = score(exp, index, simulator, holdout=holdout, baseline_table=table, n_top=n_top,
+                                       n_random=n_random, workers=1)
+                        break
+                    except NoHeldOutRecords as err:
+                        # An explanation from an earlier run that read every record: explain it again, now.
+                        _, fresh, error = explain_one(key) if attempt == 0 else (key, None, None)
+                        if fresh is None:
+                            return key, None, error or f"score: {type(err).__name__}: {err}"
+                        row = fresh
+                    except SCORE_RECOVERABLE as err:
+                        return key, None, f"score: {type(err).__name__}: {err}"
                 s = result.summary()
                 row.update({k: s.get(k) for k in SCORE_COLUMNS})
                 row["baseline_top"], row["baseline_random"] = result.baseline_scores["top"], result.baseline_scores["random"]
+                row["held_out"] = held_out
                 return key, row, None
 
             _run(scoring, score_one, workers, rows, file, save_every, bar, client)
@@ -155,6 +164,47 @@ def explain_all(index, neurons=None, explainer=None, simulator=None, *, holdout=
         out = _save(rows, file) if rows else pd.DataFrame(columns=COLUMNS)
     keep = set(todo)
     return out[[(int(a), int(b)) in keep for a, b in zip(out["layer"], out["neuron"])]].reset_index(drop=True)
+
+
+def _held_out_tag(holdout) -> str:
+    """What the scores are computed on, as stored in the table's held_out column (a change means scoring again)."""
+    if holdout is None:
+        return "index"  # the index's records that the explainer did not read
+    if is_index(holdout):
+        manifest = getattr(holdout, "manifest", {}) or {}
+        fingerprint = (manifest.get("dataset") or {}).get("fingerprint")
+        return f"holdout:{fingerprint}:{manifest.get('n_samples')}" if fingerprint else f"holdout:{getattr(holdout, 'path', '?')}"
+    return f"records:{len(list(holdout))}"
+
+
+def _check_holdout(index, holdout, explainer, todo) -> None:
+    """Refuse, before any work, a scoring that cannot happen: nothing held out, or a held-out index that does not fit."""
+    fix = ("pass holdout= (a NeuronIndex of the same model collected over other samples, e.g. "
+           "session.collect(other_data); on the command line --holdout DIR)")
+    if holdout is None:
+        unread = getattr(explainer, "unread_kinds", None)  # known for the concept search
+        if unread is None or not todo:
+            return
+        if not unread:
+            raise ValueError(f"{explainer!r} reads every top and random record of a neuron, so the index holds none back "
+                             f"to score the explanations on: {fix}, or ConceptExplainer(include_random=False) to score "
+                             "on the random records alone")
+        if unread == ("random",) and not index.records(*todo[0], "random"):
+            raise ValueError(f"{explainer!r} reads every top record of a neuron and this index has no random records "
+                             f"(collected with random_k=0), so nothing is held out to score on: {fix}")
+        return
+    if not is_index(holdout):
+        return
+    if holdout is index or (getattr(index, "path", None) is not None and getattr(holdout, "path", None) == index.path):
+        raise ValueError(f"the held-out index is the index itself: its records are the ones the explainer read; {fix}")
+    missing = sorted({layer for layer, _ in todo} - set(getattr(holdout, "layers", [layer for layer, _ in todo])))
+    if missing:
+        raise ValueError(f"the held-out index has no layer {missing[0]} (its layers: {holdout.layers}); "
+                         "collect it with the layers you explain")
+    for attr in ("model", "n_neurons"):
+        a, b = getattr(index, attr, None), getattr(holdout, attr, None)
+        if a is not None and b is not None and a != b:
+            raise ValueError(f"the held-out index's {attr} is {b!r} where the index's is {a!r}: it must come from the same model")
 
 
 def _isnull(v) -> bool:

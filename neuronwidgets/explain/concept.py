@@ -84,9 +84,9 @@ class ConceptExplainer:
         return f"<ConceptExplainer threshold={self.threshold} max_terms={self.max_terms}>"
 
     @property
-    def shows_every_record(self) -> bool:
-        """Whether the search reads every record of a neuron in the index (top and random): then none is held out to score on."""
-        return self.include_random
+    def unread_kinds(self) -> tuple[str, ...]:
+        """The kinds of a neuron's records in the index that the search leaves alone, to score on: none, or the random ones."""
+        return () if self.include_random else ("random",)
 
     # --- the evidence: active patches / tokens and where each concept is present ------------------
     def _evidence(self, index, layer: int, neuron: int, modality: str):
