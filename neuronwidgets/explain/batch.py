@@ -33,8 +33,6 @@ SCORE_COLUMNS = ["score", "score_top", "score_random", "baseline", "baseline_top
 COLUMNS = EXPLANATION_COLUMNS + SCORE_COLUMNS + ["error"]
 #: Failures that are recorded in a row (and retried on the next run) instead of stopping the batch.
 RECOVERABLE = (LLMRequestError, ExplanationError, SimulationParseError)
-#: Scoring errors that concern one neuron: stored in its row (explained again on the next run).
-SCORE_RECOVERABLE = RECOVERABLE + (NoHeldOutRecords,)
 
 
 def _neurons(index, neurons) -> list[tuple[int, int]]:
@@ -150,7 +148,7 @@ def explain_all(index, neurons=None, explainer=None, simulator=None, *, holdout=
                         if fresh is None:
                             return key, None, error or f"score: {type(err).__name__}: {err}"
                         row = fresh
-                    except SCORE_RECOVERABLE as err:
+                    except RECOVERABLE as err:
                         return key, None, f"score: {type(err).__name__}: {err}"
                 s = result.summary()
                 row.update({k: s.get(k) for k in SCORE_COLUMNS})
