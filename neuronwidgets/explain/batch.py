@@ -195,7 +195,8 @@ def _check_holdout(index, holdout, explainer, todo) -> None:
         return
     if holdout is index or (getattr(index, "path", None) is not None and getattr(holdout, "path", None) == index.path):
         raise ValueError(f"the held-out index is the index itself: its records are the ones the explainer read; {fix}")
-    missing = sorted({layer for layer, _ in todo} - set(getattr(holdout, "layers", [layer for layer, _ in todo])))
+    layers = getattr(holdout, "layers", None)  # a duck-typed index may not list them
+    missing = sorted({layer for layer, _ in todo} - set(layers)) if layers is not None else []
     if missing:
         raise ValueError(f"the held-out index has no layer {missing[0]} (its layers: {holdout.layers}); "
                          "collect it with the layers you explain")
