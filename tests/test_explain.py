@@ -325,9 +325,34 @@ def test_explain_all_refuses_a_held_out_index_that_does_not_fit_and_rescores_whe
     second = explain_all(index, explainer=again, **kw)
     assert again.calls == 1 and second["error"].isna().all() and second["held_out"].iloc[0] == "index"
     assert second["score_top"].isna().all() and second["score_random"].notna().all()
-    back = CountingExplainer()
-    third = explain_all(index, explainer=back, holdout=held, **kw)  # the held-out records changed: scored again
-    assert back.calls == 0 and third["held_out"].iloc[0].startswith("holdout") and third["score_top"].notna().all()
+    same = CountingExplainer(include_random=False)
+    third = explain_all(index, explainer=same, holdout=held, **kw)  # the held-out records changed: scored again
+    assert same.calls == 0 and third["held_out"].iloc[0].startswith("holdout") and third["score_top"].notna().all()
+    assert third["score"].iloc[0] != second["score"].iloc[0]
+
+
+def test_explain_all_explains_again_when_the_explainer_settings_change(world, tmp_path):
+    """A table made under other settings (a ConceptExplainer's max_terms, threshold, ...) is not reused as it is."""
+    data, _, held = world
+    index = FakeIndex(data[:120], path=tmp_path)
+    kw = dict(neurons=[(0, RED_CIRCLE), (0, BLUE)], simulator=ConceptSimulator(held), holdout=held, progress=False)
+    one_term = CountingExplainer(max_terms=1)
+    first = explain_all(index, explainer=one_term, **kw)
+    assert one_term.calls == 2 and json.loads(first["explainer_settings"].iloc[0])["max_terms"] == 1
+    two_terms = CountingExplainer(max_terms=2)
+    second = explain_all(index, explainer=two_terms, **kw)
+    assert two_terms.calls == 2 and json.loads(second["explainer_settings"].iloc[0])["max_terms"] == 2
+    fresh = explain_all(FakeIndex(data[:120], path=tmp_path / "fresh"), explainer=CountingExplainer(max_terms=2), **kw)
+    pd.testing.assert_frame_equal(second.drop(columns="baseline_neuron"), fresh.drop(columns="baseline_neuron"))
+    again = CountingExplainer(max_terms=2)
+    explain_all(index, explainer=again, **kw)
+    assert again.calls == 0
+    # A table from before the column: its explanations are kept (nothing says how they were made).
+    old = pd.read_parquet(tmp_path / "explanations.parquet").drop(columns="explainer_settings")
+    old.to_parquet(tmp_path / "explanations.parquet", index=False)
+    kept = CountingExplainer(max_terms=1)
+    table = explain_all(index, explainer=kept, **kw)
+    assert kept.calls == 0 and table["explainer_settings"].isna().all()
 
 
 def test_samples_are_found_by_id_in_a_superset(world):

@@ -3,12 +3,15 @@
 The table (`explanations.parquet`) has one row per neuron: the explanation's fields (as
 `Explanation.to_row`), then, when a simulator is given, its scores and its baseline's. Rows
 are saved every `save_every` neurons and when the run stops for any reason; a rerun skips
-neurons already explained by the same explainer, model and prompt version, and retries
-those that failed (their `error` column says why).
+neurons already explained by the same explainer, model, prompt version and settings (the
+`explainer_settings` column: a ConceptExplainer's threshold, an Explainer's number of
+images, ...; rows from before that column are kept), and retries those that failed (their
+`error` column says why).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -27,7 +30,8 @@ from neuronwidgets.explain.simulator import SimulationParseError
 from neuronwidgets.llm.errors import LLMRequestError
 
 TABLE = "explanations.parquet"
-EXPLANATION_COLUMNS = ["layer", "neuron", "category", "text", "concept", "explainer", "model", "prompt_version", "exemplars", "extra"]
+EXPLANATION_COLUMNS = ["layer", "neuron", "category", "text", "concept", "explainer", "model", "prompt_version", "explainer_settings",
+                       "exemplars", "extra"]
 SCORE_COLUMNS = ["score", "score_top", "score_random", "baseline", "baseline_top", "baseline_random", "baseline_layer",
                  "baseline_neuron", "baseline_text", "modality", "n_unparsed", "simulator", "held_out"]
 COLUMNS = EXPLANATION_COLUMNS + SCORE_COLUMNS + ["error"]
@@ -108,17 +112,21 @@ def explain_all(index, neurons=None, explainer=None, simulator=None, *, holdout=
         from neuronwidgets.explain.concept import CONCEPT_VERSION
 
         version = CONCEPT_VERSION
+    settings = _settings_tag(explainer)
 
     def done(key) -> bool:
         r = rows.get(key)
         return bool(r) and _isnull(r.get("error")) and r.get("explainer") == explainer.name and r.get("model") == model \
-            and r.get("prompt_version") == version
+            and r.get("prompt_version") == version \
+            and (_isnull(r.get("explainer_settings")) or settings is None or r["explainer_settings"] == settings)
 
     def explain_one(key):
         try:
-            return key, _empty_row(explainer.explain(index, *key)), None
+            row = _empty_row(explainer.explain(index, *key))
         except RECOVERABLE as err:
             return key, None, f"explain: {type(err).__name__}: {err}"
+        row["explainer_settings"] = settings
+        return key, row, None
 
     pending = [k for k in todo if not done(k)]
     bar = tqdm(total=len(todo), initial=len(todo) - len(pending), desc="explain", unit="neuron", disable=not progress)
@@ -162,6 +170,12 @@ def explain_all(index, neurons=None, explainer=None, simulator=None, *, holdout=
         out = _save(rows, file) if rows else pd.DataFrame(columns=COLUMNS)
     keep = set(todo)
     return out[[(int(a), int(b)) in keep for a, b in zip(out["layer"], out["neuron"])]].reset_index(drop=True)
+
+
+def _settings_tag(explainer) -> str | None:
+    """The explainer's `settings` as the table stores them (JSON, keys sorted); None for an explainer without any."""
+    settings = getattr(explainer, "settings", None)
+    return None if settings is None else json.dumps(settings, sort_keys=True, default=str)
 
 
 def _held_out_tag(holdout) -> str:

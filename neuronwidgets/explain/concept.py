@@ -84,6 +84,13 @@ class ConceptExplainer:
         return f"<ConceptExplainer threshold={self.threshold} max_terms={self.max_terms}>"
 
     @property
+    def settings(self) -> dict:
+        """What shapes an explanation besides the neuron's records (explain_all explains again when it changes)."""
+        return {"threshold": self.threshold, "mask_threshold": self.mask_threshold, "max_terms": self.max_terms, "beam": self.beam,
+                "min_gain": self.min_gain, "ops": list(self.ops), "include_random": self.include_random,
+                "category_rule": self.category_rule, "exclude": sorted(self.exclude)}
+
+    @property
     def unread_kinds(self) -> tuple[str, ...]:
         """The kinds of a neuron's records in the index that the search leaves alone, to score on: none, or the random ones."""
         return () if self.include_random else ("random",)

@@ -43,6 +43,12 @@ class Explainer:
     def __repr__(self) -> str:
         return f"<Explainer {getattr(self.client, 'model', '?')!r} prompt {self.prompt_version!r}>"
 
+    @property
+    def settings(self) -> dict:
+        """What shapes a request besides the model, the prompt version and the neuron's records (explain_all explains again when it changes)."""
+        return {"n_images": self.n_images, "n_texts": self.n_texts, "min_side": self.min_side, "style": self.style,
+                "detail": self.detail, "category_rule": self.category_rule}
+
     def messages(self, index, layer: int, neuron: int, category: str | None = None) -> tuple[list[dict[str, Any]], list[str], str]:
         """(the chat request, the sample ids it shows, the category) for one neuron: to inspect before paying."""
         category = category or category_of(index, layer, neuron, self.category_rule)
