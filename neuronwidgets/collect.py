@@ -12,6 +12,7 @@ import hashlib
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,9 +64,15 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
         raise ValueError(f"checkpoint_every must be at least 1 batch (or None: about once a minute), got {checkpoint_every!r}")
     if map_k is not None and map_k < 0:
         raise ValueError(f"map_k must be >= 0 (or None for all top_k samples), got {map_k!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 sample, got {batch_size!r}")
+    if random_k < 0:
+        raise ValueError(f"random_k must be >= 0 (the random samples kept for scoring; 0 keeps none), got {random_k!r}")
+    if max_text_tokens < 0:
+        raise ValueError(f"max_text_tokens must be >= 0, got {max_text_tokens!r}")
     samples = as_samples(dataset)
     layers = session.check_layers(layers)
-    positions = list(range(len(samples))) if indices is None else [int(i) for i in indices]
+    positions = list(range(len(samples))) if indices is None else _check_indices(indices, len(samples))
     if not positions:
         raise ValueError("the dataset is empty: nothing to collect")
     rows, cols = session.grid
@@ -147,6 +154,19 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
         write_index(path, final, state, samples_df, random)
         return NeuronIndex.load(path, dataset=samples)
     return in_memory_index(final, state, samples_df, random, dataset=samples)
+
+
+def _check_indices(indices: Sequence[int], size: int) -> list[int]:
+    """Dataset positions to collect, each once: they are the samples' numbers in the index."""
+    positions = [int(i) for i in indices]
+    bad = [i for i in positions if not 0 <= i < size]
+    if bad:
+        raise IndexError(f"indices must be dataset positions 0..{size - 1}; got {bad[:5]}{' ...' if len(bad) > 5 else ''}")
+    if len(set(positions)) != len(positions):
+        twice = sorted(i for i, count in Counter(positions).items() if count > 1)[:5]
+        raise ValueError(f"indices must name each sample once (a sample counted twice would fill its neurons' top-k twice); "
+                         f"repeated: {twice}")
+    return positions
 
 
 def ahead(fn: Callable, items: Iterable) -> Iterator:

@@ -147,6 +147,8 @@ class Session:
             if not 0 <= layer < n:
                 raise IndexError(f"layer {layer} is out of range: this model has layers 0..{n - 1}")
             out.append(layer)
+        if not out:
+            raise ValueError(f"no layers given: pass layers=None for all {n}, or layer numbers in 0..{n - 1}")
         return sorted(set(out))
 
     def encode(self, image, prompt: str, continuation: str | Sequence[int] | None = None) -> Encoded:

@@ -457,6 +457,17 @@ def test_bad_collection_and_category_arguments_are_refused(tiny_session, data):
         tiny_session.collect(data[:2], **{**KW, "top_k": 0})
     with pytest.raises(ValueError, match="map_k must be >= 0"):
         tiny_session.collect(data[:2], **{**KW, "map_k": -1})
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        tiny_session.collect(data[:2], **{**KW, "batch_size": 0})
+    with pytest.raises(ValueError, match="random_k must be >= 0"):
+        tiny_session.collect(data[:2], **{**KW, "random_k": -1})
+    with pytest.raises(ValueError, match="no layers given"):
+        tiny_session.collect(data[:2], **{**KW, "layers": []})
+    # indices are the samples' numbers: each a dataset position, once (-1 marks an empty slot inside)
+    with pytest.raises(IndexError, match=r"positions 0\.\.1; got \[-1, 2\]"):
+        tiny_session.collect(data[:2], indices=[0, -1, 2], **KW)
+    with pytest.raises(ValueError, match=r"each sample once.*repeated: \[1\]"):
+        tiny_session.collect(data[:2], indices=[1, 0, 1], **KW)
     with pytest.raises(ValueError, match="0-10 scale, so 0 or more"):
         hand_index().categories(visual_threshold=-1)
 
