@@ -209,6 +209,26 @@ def test_lazy_samples_load_their_image_on_access(tmp_path):
     assert "image" not in repr(data[1])  # repr does not read the file
 
 
+def test_folder_annotations_in_a_shape_it_cannot_read_are_refused_by_name(tmp_path):
+    from neuronwidgets.datasets import image_folder
+
+    folder = write_images(tmp_path / "images", 2)
+    names = sorted(p.name for p in folder.iterdir() if p.suffix == ".png")
+    notes = folder / "captions.json"
+    notes.write_text("{not json")
+    with pytest.raises(ValueError, match=r"captions.json' is not valid JSON .*should look like"):
+        image_folder(folder)
+    notes.write_text(json.dumps([1, 2]))
+    with pytest.raises(ValueError, match="holds no captions in a shape this reads"):
+        image_folder(folder)
+    notes.write_text(json.dumps({names[0]: {"caption": 3}}))
+    with pytest.raises(ValueError, match=f"caption and prompt of '{names[0]}' must be text"):
+        image_folder(folder)
+    notes.write_text(json.dumps([{"file": names[1], "caption": "a red circle", "prompt": "USER: <image>\nhi ASSISTANT:"}]))
+    data = image_folder(folder)
+    assert [s.caption for s in data] == [None, "a red circle"] and data[1].prompt.endswith("hi ASSISTANT:")
+
+
 def test_explain_scores_concepts_with_and_without_a_held_out_index(tmp_path):
     common = ["--model", "toy", "--batch-size", "16", "--text", "caption", "--top-k", "10", "--random-k", "10"]
     run(["collect", *common, "--data", "shapes:n=80,seed=0", "--out", str(tmp_path / "index")])

@@ -165,6 +165,8 @@ def test_bad_arguments():
         shapes(1, image_size=65, grid=4)
     with pytest.raises(ValueError):
         shapes(1, min_objects=2, max_objects=1)
+    with pytest.raises(ValueError, match="0 or more; got n=-1"):
+        shapes(-1)
 
 
 def test_the_public_shapes_function_can_be_called_twice():

@@ -22,15 +22,35 @@ def _read_annotations(folder: Path, annotations: str | Path | None) -> dict[str,
                 raise FileNotFoundError(f"annotation file not found: {str(file)!r}")
             continue
         if file.suffix == ".json":
-            data = json.loads(file.read_text())
-            if isinstance(data, dict):  # {"a.png": "caption"} or {"a.png": {"caption":..., "prompt":...}}
-                return {k: (v if isinstance(v, dict) else {"caption": v}) for k, v in data.items()}
-            return {row["file"]: row for row in data}  # [{"file":..., "caption":..., "prompt":...}]
+            return _json_annotations(file)
         frame = pd.read_csv(file)
         if "file" not in frame.columns:
             raise ValueError(f"{str(file)!r} needs a 'file' column (and 'caption' and/or 'prompt')")
         return {r["file"]: {k: v for k, v in r.items() if isinstance(v, str)} for r in frame.to_dict("records")}
     return {}
+
+
+_JSON_SHAPES = ('{"a.png": "a caption"}, {"a.png": {"caption": "...", "prompt": "..."}} or '
+                '[{"file": "a.png", "caption": "...", "prompt": "..."}]')
+
+
+def _json_annotations(file: Path) -> dict[str, dict]:
+    """Captions and prompts by file name from a JSON file in one of the _JSON_SHAPES."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{str(file)!r} is not valid JSON ({err}); it should look like {_JSON_SHAPES}") from None
+    if isinstance(data, dict):
+        notes = {k: (v if isinstance(v, dict) else {"caption": v}) for k, v in data.items()}
+    elif isinstance(data, list) and all(isinstance(row, dict) and isinstance(row.get("file"), str) for row in data):
+        notes = {row["file"]: row for row in data}
+    else:
+        raise ValueError(f"{str(file)!r} holds no captions in a shape this reads; it should look like {_JSON_SHAPES}")
+    for name, note in notes.items():
+        bad = {k: v for k, v in note.items() if k in ("caption", "prompt") and v is not None and not isinstance(v, str)}
+        if bad:
+            raise ValueError(f"{str(file)!r}: the caption and prompt of {name!r} must be text, got {bad!r}")
+    return notes
 
 
 def image_folder(path: str | Path, annotations: str | Path | None = None, prompt: str = DESCRIBE_PROMPT) -> SampleList:

@@ -237,6 +237,8 @@ def shapes(
     >>> data = shapes(n=2000, seed=0)
     >>> data[0].caption, data[0].qa[0].question, data[0].qa[0].answer
     """
+    if n < 0 or start < 0:
+        raise ValueError(f"n and start count samples, so 0 or more; got n={n}, start={start}")
     kwargs = dict(image_size=image_size, grid=grid, min_objects=min_objects, max_objects=max_objects, min_size=min_size)
     samples = [make_sample(seed, i, **kwargs) for i in range(start, start + n)]
     parts = [f"n={n}", f"seed={seed}"]
