@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 
 
-def load_session(model: str, device: str | None, dtype: str | None, site: str):
+def load_session(model: str, device: str | None, dtype: str | None, site: str, download: bool = False):
     from neuronwidgets.session import Session
 
     if model == "toy":
         return Session.toy(site=site)
-    return Session.from_pretrained(model, device=device, dtype=dtype, site=site)
+    return Session.from_pretrained(model, device=device, dtype=dtype, site=site, download=download)
 
 
 def load_data(spec: str, images: str | None = None, limit: int | None = None, captions: str | None = None):
@@ -46,7 +46,7 @@ def cmd_collect(args) -> int:
     from neuronwidgets.index import NeuronIndex
 
     rank = dist.from_env()
-    session = load_session(args.model, args.device, args.dtype, args.site)
+    session = load_session(args.model, args.device, args.dtype, args.site, args.download)
     dist.init(rank, str(session.device))
     data = load_data(args.data, args.images, args.limit, args.captions)
     if args.prompt:
@@ -156,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("collect", help="record every neuron over a dataset into an index folder")
     c.add_argument("--model", default="toy", help="'toy', a local checkpoint folder, or a hub id already in the local cache")
+    c.add_argument("--download", action="store_true", help="let a hub id --model be downloaded (nothing is downloaded otherwise)")
     c.add_argument("--data", required=True, help="shapes:n=N,seed=S | an image folder | a COCO annotation .json")
     c.add_argument("--images", help="the images folder of a COCO annotation file")
     c.add_argument("--captions", help="a COCO captions file to pair with a COCO instances file")

@@ -41,8 +41,13 @@ class Session:
 
     # --- construction ----------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device: str | None = None, dtype=None, site: str = "act", **kwargs) -> "Session":
-        """Load a checkpoint (local folder or cached hub id): CUDA when present, half precision there."""
+    def from_pretrained(cls, name_or_path: str | Path, device: str | None = None, dtype=None, site: str = "act",
+                        download: bool = False, **kwargs) -> "Session":
+        """Load a checkpoint (local folder or cached hub id): CUDA when present, half precision there.
+
+        Nothing is downloaded unless `download=True` (LLaVA-1.5-7B is 14 GB): a hub id must
+        already be in the Hugging Face cache.
+        """
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -50,9 +55,19 @@ class Session:
             dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
         elif isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        model = LlavaForConditionalGeneration.from_pretrained(str(name_or_path), dtype=dtype, **kwargs).to(device)
-        processor = AutoProcessor.from_pretrained(str(name_or_path))
-        return cls(model, processor, name=str(name_or_path), site=site)
+        kwargs.setdefault("local_files_only", not download)
+        try:
+            model = LlavaForConditionalGeneration.from_pretrained(str(name_or_path), dtype=dtype, **kwargs)
+            processor = AutoProcessor.from_pretrained(str(name_or_path), local_files_only=kwargs["local_files_only"])
+        except OSError as err:
+            if not kwargs["local_files_only"] or Path(name_or_path).expanduser().exists():
+                raise
+            raise FileNotFoundError(
+                f"{str(name_or_path)!r} is neither a local model folder nor in the Hugging Face cache, and neuronwidgets "
+                f"downloads no weights unless asked: pass download=True (on the command line --download), or fetch it "
+                f"first with `huggingface-cli download {name_or_path}`"
+            ) from err
+        return cls(model.to(device), processor, name=str(name_or_path), site=site)
 
     @classmethod
     def from_model(cls, model, processor, site: str = "act", name: str | None = None) -> "Session":

@@ -134,6 +134,12 @@ def test_bad_inputs_raise_clear_errors(tiny_session, rgb_image, tmp_path):
         tiny_session.trace(rgb_image, PROMPT, site="resid")
 
 
+def test_from_pretrained_downloads_nothing_unless_asked():
+    """A hub id that is not in the cache is an error that says how to get it, not a 14 GB download."""
+    with pytest.raises(FileNotFoundError, match=r"nobody/no-such-llava.*download=True.*huggingface-cli download"):
+        Session.from_pretrained("nobody/no-such-llava")
+
+
 def test_unsupported_model_lists_supported_families(tiny_session):
     with pytest.raises(TypeError, match="Supported model families: LLaVA-1.5"):
         Session.from_model(torch.nn.Linear(2, 2), tiny_session.processor)

@@ -169,6 +169,18 @@ def test_bad_arguments():
         shapes(-1)
 
 
+
+def test_dataset_specs_read_numbers_and_refuse_what_they_cannot():
+    from neuronwidgets.datasets import from_spec
+
+    data = from_spec("shapes:n=4,seed=2,min_size=0.5[1:3]")
+    assert len(data) == 2 and data[0].id == shapes(n=4, seed=2, min_size=0.5)[1].id
+    with pytest.raises(ValueError, match="n must be a number, got 'abc'"):
+        from_spec("shapes:n=abc")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['colour'\]; shapes takes n, seed"):
+        from_spec("shapes:n=3,colour=2")
+
+
 def test_the_public_shapes_function_can_be_called_twice():
     """It was a lazy wrapper whose first call bound the submodule over it: the second call failed."""
     import neuronwidgets as nw

@@ -17,6 +17,24 @@ def parse_args(text: str) -> dict:
     return out
 
 
+def _call(fn, spec: str, args: dict):
+    """fn(**args), each value read as its parameter's default type (int, float), or a clear error about the spec."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    unknown = sorted(set(args) - set(params))
+    if unknown:
+        raise ValueError(f"dataset spec {spec!r}: unknown key(s) {unknown}; {fn.__name__} takes {', '.join(params)}")
+    for key, value in args.items():
+        kind = type(params[key].default)
+        if kind in (int, float) and not isinstance(value, (int, float)):
+            try:
+                args[key] = kind(value)
+            except ValueError:
+                raise ValueError(f"dataset spec {spec!r}: {key} must be a number, got {value!r}") from None
+    return fn(**args)
+
+
 def from_spec(spec: str):
     """Rebuild a dataset from its spec; a trailing [a:b] slices it."""
     m = _SLICE.match(spec)
@@ -28,7 +46,7 @@ def from_spec(spec: str):
     if kind == "shapes":
         from neuronwidgets.datasets.shapes import shapes
 
-        return shapes(**parse_args(rest))
+        return _call(shapes, spec, parse_args(rest))
     if kind == "folder":
         from neuronwidgets.datasets.folder import image_folder
 
@@ -36,5 +54,5 @@ def from_spec(spec: str):
     if kind == "coco":
         from neuronwidgets.datasets.coco import coco
 
-        return coco(**parse_args(rest))
+        return _call(coco, spec, parse_args(rest))
     raise ValueError(f"unknown dataset spec {spec!r}; expected 'shapes:n=N,seed=S', 'folder:PATH' or 'coco:annotations=FILE,images=DIR'")
