@@ -90,7 +90,7 @@ def plain_pass(session, data, batch_size, naive=False):
     t0 = time.perf_counter()
     for i in range(0, len(data), batch_size):
         items = [data[j] for j in range(i, min(i + batch_size, len(data)))]
-        enc = [session.encode(s.get_image(), s.prompt, s.caption) for s in items]
+        enc = session.encode_batch([s.get_image() for s in items], [s.prompt for s in items], [s.caption for s in items])
         session.forward_record(enc, layers, on_activation=copy_to_host if naive else None)
         host.clear()
     sync(session.device)

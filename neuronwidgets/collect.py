@@ -245,7 +245,7 @@ def prepare_batch(session, samples, batch: list[int], text: str, max_text_tokens
             missing = [s.id for s in items if not s.caption]
             if missing:
                 raise ValueError(f"text='caption' but samples {missing[:3]} have no caption; use text='generate' or 'prompt'")
-            conts = [session.tokenizer(" " + s.caption.strip(), add_special_tokens=False)["input_ids"] for s in items]
+            conts = session.tokenizer([" " + s.caption.strip() for s in items], add_special_tokens=False)["input_ids"]
         else:
             conts = [None] * len(items)
         _encode(session, prepared, conts, text, max_text_tokens)
@@ -255,7 +255,7 @@ def prepare_batch(session, samples, batch: list[int], text: str, max_text_tokens
 def _encode(session, prepared: PreparedBatch, conts: list, text: str, max_text_tokens: int) -> None:
     """Encode the batch with its continuations; fill in its token positions and table rows."""
     tok = session.tokenizer
-    prepared.encoded = [session.encode(im, s.prompt, c) for im, s, c in zip(prepared.images, prepared.items, conts)]
+    prepared.encoded = session.encode_batch(prepared.images, [s.prompt for s in prepared.items], conts)
     image_pos, text_lists, text_pos, text_valid = _positions(session, prepared.encoded, text, max_text_tokens)
     prepared.positions = (image_pos, text_pos, text_valid)
     for s_idx, enc, tp, item in zip(prepared.batch, prepared.encoded, text_lists, prepared.items):

@@ -168,18 +168,32 @@ class Session:
 
     def encode(self, image, prompt: str, continuation: str | Sequence[int] | None = None) -> Encoded:
         """Token ids with the image placeholder expanded, and the image's pixel values."""
-        self.check_prompt(prompt)
-        pil = load_image(image)
-        enc = self.processor(images=pil, text=prompt, return_tensors="pt")
-        ids = enc["input_ids"][0].tolist()
-        n_prompt = len(ids)
-        if continuation is not None:
-            if isinstance(continuation, str):
-                cont = self.tokenizer(" " + continuation.strip(), add_special_tokens=False)["input_ids"]
-            else:
-                cont = [int(t) for t in continuation]
-            ids = ids + cont
-        return Encoded(ids, enc["pixel_values"][0], n_prompt)
+        return self.encode_batch([image], [prompt], [continuation])[0]
+
+    def encode_batch(self, images: Sequence, prompts: Sequence[str], continuations: Sequence | None = None) -> list[Encoded]:
+        """`encode` for several inputs in one processor call: the same ids and pixels as one call each, in a
+        third of the time on the toy (a processor call has a fixed cost). A continuation: text, or token ids."""
+        continuations = [None] * len(images) if continuations is None else list(continuations)
+        if not len(images) == len(prompts) == len(continuations):
+            raise ValueError(f"got {len(images)} images, {len(prompts)} prompts and {len(continuations)} continuations")
+        for prompt in prompts:
+            self.check_prompt(prompt)
+        pils = [load_image(im) for im in images]
+        if not pils:
+            return []
+        enc = self.processor(images=pils, text=list(prompts), return_tensors="pt", padding=True)
+        real = enc["attention_mask"].bool()  # whichever side the tokenizer pads
+        texts = [i for i, c in enumerate(continuations) if isinstance(c, str)]
+        said = self.tokenizer([" " + continuations[i].strip() for i in texts], add_special_tokens=False)["input_ids"] if texts else []
+        cont = dict(zip(texts, said))
+        out = []
+        for i, c in enumerate(continuations):
+            ids = enc["input_ids"][i][real[i]].tolist()
+            n_prompt = len(ids)
+            if c is not None:
+                ids = ids + (cont[i] if isinstance(c, str) else [int(t) for t in c])
+            out.append(Encoded(ids, enc["pixel_values"][i], n_prompt))
+        return out
 
     def token_table(self, enc: Encoded) -> pd.DataFrame:
         """One row per position: position, token_id, token, modality, part, row, col."""
@@ -243,7 +257,7 @@ class Session:
         layers = self.check_layers(layers)
         site = check_site(site or self.site)
         pils = [load_image(im) for im in images]
-        encoded = [self.encode(im, p, c) for im, p, c in zip(pils, prompts, continuations)]
+        encoded = self.encode_batch(pils, prompts, continuations)
         store, lengths = self.forward_record(encoded, layers, site)
         # One host copy for all recorded layers: [layers, B, T, N].
         stacked = torch.stack([store[layer] for layer in layers]).float().cpu().numpy()

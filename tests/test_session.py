@@ -134,6 +134,33 @@ def test_bad_inputs_raise_clear_errors(tiny_session, rgb_image, tmp_path):
         tiny_session.trace(rgb_image, PROMPT, site="resid")
 
 
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_encoding_a_batch_equals_encoding_one_input_at_a_time(tiny_session, padding_side):
+    """encode_batch makes one processor call for the batch: the same ids and pixels as a call per input."""
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (24 + 8 * i, 32, 3), dtype=np.uint8)) for i in range(4)]
+    prompts = [PROMPT, "USER: <image>\nhi ASSISTANT:", "<image> the blue circle is left of", PROMPT]
+    continuations = [" a red circle", None, [5, 6, 7], "blue"]
+    tok, proc = tiny_session.tokenizer, tiny_session.processor
+    side, tok.padding_side = tok.padding_side, padding_side
+    try:
+        batch = tiny_session.encode_batch(images, prompts, continuations)
+    finally:
+        tok.padding_side = side
+    for enc, image, prompt, cont in zip(batch, images, prompts, continuations):
+        alone = proc(images=image, text=prompt, return_tensors="pt")
+        ids = alone["input_ids"][0].tolist()
+        assert enc.n_prompt == len(ids) and torch.equal(enc.pixel_values, alone["pixel_values"][0])
+        if isinstance(cont, str):
+            ids += tok(" " + cont.strip(), add_special_tokens=False)["input_ids"]
+        elif cont is not None:
+            ids += cont
+        assert enc.input_ids == ids
+    assert tiny_session.encode(images[1], prompts[1]).input_ids == batch[1].input_ids
+    with pytest.raises(ValueError, match="2 images, 1 prompts"):
+        tiny_session.encode_batch(images[:2], prompts[:1])
+
+
 def test_from_pretrained_downloads_nothing_unless_asked():
     """A hub id that is not in the cache is an error that says how to get it, not a 14 GB download."""
     with pytest.raises(FileNotFoundError, match=r"nobody/no-such-llava.*download=True.*huggingface-cli download"):
