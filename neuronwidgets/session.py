@@ -181,7 +181,9 @@ class Session:
         pils = [load_image(im) for im in images]
         if not pils:
             return []
-        enc = self.processor(images=pils, text=list(prompts), return_tensors="pt", padding=True)
+        if len(pils) > 1 and self.tokenizer.pad_token is None:  # a tokenizer without a pad token: one call each
+            return [self.encode_batch([im], [p], [c])[0] for im, p, c in zip(pils, prompts, continuations)]
+        enc = self.processor(images=pils, text=list(prompts), return_tensors="pt", padding=len(pils) > 1)
         real = enc["attention_mask"].bool()  # whichever side the tokenizer pads
         texts = [i for i, c in enumerate(continuations) if isinstance(c, str)]
         said = self.tokenizer([" " + continuations[i].strip() for i in texts], add_special_tokens=False)["input_ids"] if texts else []

@@ -157,6 +157,12 @@ def test_encoding_a_batch_equals_encoding_one_input_at_a_time(tiny_session, padd
             ids += cont
         assert enc.input_ids == ids
     assert tiny_session.encode(images[1], prompts[1]).input_ids == batch[1].input_ids
+    pad, tok.pad_token = tok.pad_token, None  # a tokenizer that cannot pad: one call per input, the same result
+    try:
+        unpadded = tiny_session.encode_batch(images, prompts, continuations)
+    finally:
+        tok.pad_token = pad
+    assert [e.input_ids for e in unpadded] == [e.input_ids for e in batch]
     with pytest.raises(ValueError, match="2 images, 1 prompts"):
         tiny_session.encode_batch(images[:2], prompts[:1])
 
