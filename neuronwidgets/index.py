@@ -174,7 +174,10 @@ def write_index(path: Path, manifest: dict, layers: dict[int, LayerState], sampl
     stats_frames = []
     for layer, state in sorted(layers.items()):
         arrays, stats = state_to_arrays(state, [slot for _, _, slot in canon], manifest.get("map_k"))
-        save_file(arrays, str(_layer_file(tmp, layer)), metadata={"layer": str(layer), "format_version": str(FORMAT_VERSION)})
+        # One metadata entry: safetensors writes several in an order that changes from process to process,
+        # and one keeps an index folder byte for byte the same when collected again.
+        note = json.dumps({"format_version": FORMAT_VERSION, "layer": int(layer)}, sort_keys=True)
+        save_file(arrays, str(_layer_file(tmp, layer)), metadata={"neuronwidgets": note})
         stats_frames.append(pd.DataFrame({"layer": layer, "neuron": np.arange(state.n), **stats}))
     pd.concat(stats_frames, ignore_index=True).to_parquet(tmp / "stats.parquet", index=False)
     samples.sort_values("sample").reset_index(drop=True).to_parquet(tmp / "samples.parquet", index=False)

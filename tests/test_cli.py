@@ -200,6 +200,16 @@ def test_hugging_face_datasets_object(tiny_session):
     assert index.n_samples == 5 and index.sample_id(0) == "hf-0"
 
 
+def test_an_index_collected_again_is_the_same_byte_for_byte(tmp_path):
+    """Every file of the folder, safetensors included (its metadata once came out in a per-process order)."""
+    args = ["collect", "--model", "toy", "--data", "shapes:n=24,seed=0", "--text", "caption", "--top-k", "4", "--batch-size", "8"]
+    for name in ("a", "b"):
+        run([*args, "--out", str(tmp_path / name)])
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert len(files) >= 7 and files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    assert [f for f in files if (tmp_path / "a" / f).read_bytes() != (tmp_path / "b" / f).read_bytes()] == []
+
+
 def test_lazy_samples_load_their_image_on_access(tmp_path):
     from neuronwidgets.datasets import image_folder
 
