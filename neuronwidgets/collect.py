@@ -68,13 +68,14 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
         raise ValueError(f"batch_size must be at least 1 sample, got {batch_size!r}")
     if random_k < 0:
         raise ValueError(f"random_k must be >= 0 (the random samples kept for scoring; 0 keeps none), got {random_k!r}")
-    if max_text_tokens < 0:
-        raise ValueError(f"max_text_tokens must be >= 0, got {max_text_tokens!r}")
+    if max_text_tokens < (1 if text == "generate" else 0):
+        raise ValueError(f"max_text_tokens must be >= {1 if text == 'generate' else 0}"
+                         f"{' (the tokens generated per sample)' if text == 'generate' else ''}, got {max_text_tokens!r}")
     samples = as_samples(dataset)
     layers = session.check_layers(layers)
     positions = list(range(len(samples))) if indices is None else _check_indices(indices, len(samples))
     if not positions:
-        raise ValueError("the dataset is empty: nothing to collect")
+        raise ValueError("indices is empty: nothing to collect" if indices is not None else "the dataset is empty: nothing to collect")
     rows, cols = session.grid
     fingerprint = getattr(samples, "fingerprint", "samples")
     manifest = {

@@ -25,6 +25,21 @@ class Encoded:
     n_prompt: int  # tokens before the continuation
 
 
+#: from_pretrained's keyword arguments that say where a checkpoint is: the processor gets them too.
+_HUB_KWARGS = ("local_files_only", "cache_dir", "revision", "token", "trust_remote_code", "subfolder", "force_download", "proxies")
+
+
+def _looks_like_path(name_or_path) -> bool:
+    """A folder path rather than a hub id ('owner/name'): a Path, or text that starts like a path or has more parts."""
+    text = str(name_or_path)
+    return isinstance(name_or_path, Path) or text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
+
+
+def _model_source(name_or_path) -> str:
+    """What transformers is given: a path with ~ expanded, a hub id as it is."""
+    return str(Path(name_or_path).expanduser()) if _looks_like_path(name_or_path) else str(name_or_path)
+
+
 class Session:
     """A vision-language model on its device, with the neuron site it records.
 
@@ -55,17 +70,26 @@ class Session:
             dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
         elif isinstance(dtype, str):
             dtype = getattr(torch, dtype)
+        source = _model_source(name_or_path)
+        asked_offline = "local_files_only" in kwargs  # the caller's own choice: no advice about download=
         kwargs.setdefault("local_files_only", not download)
+        # The processor too comes from where the weights do (cache_dir, revision, token, ...); it is
+        # read first, so a checkpoint that is not there fails before gigabytes of weights are read.
+        hub = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
         try:
-            model = LlavaForConditionalGeneration.from_pretrained(str(name_or_path), dtype=dtype, **kwargs)
-            processor = AutoProcessor.from_pretrained(str(name_or_path), local_files_only=kwargs["local_files_only"])
+            processor = AutoProcessor.from_pretrained(source, **hub)
+            model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
         except OSError as err:
-            if not kwargs["local_files_only"] or Path(name_or_path).expanduser().exists():
+            if not kwargs["local_files_only"] or Path(source).exists():
                 raise
+            if _looks_like_path(name_or_path):
+                raise FileNotFoundError(f"no model folder at {source!r}") from err
+            if asked_offline:
+                raise FileNotFoundError(f"{source!r} is not in the Hugging Face cache (local_files_only=True)") from err
             raise FileNotFoundError(
-                f"{str(name_or_path)!r} is neither a local model folder nor in the Hugging Face cache, and neuronwidgets "
+                f"{source!r} is neither a local model folder nor in the Hugging Face cache, and neuronwidgets "
                 f"downloads no weights unless asked: pass download=True (on the command line --download), or fetch it "
-                f"first with `huggingface-cli download {name_or_path}`"
+                f"first with `huggingface-cli download {source}`"
             ) from err
         return cls(model.to(device), processor, name=str(name_or_path), site=site)
 

@@ -234,7 +234,8 @@ def test_folder_annotations_in_a_shape_it_cannot_read_are_refused_by_name(tmp_pa
     notes.write_text(json.dumps({names[0]: {"caption": 3}}))
     with pytest.raises(ValueError, match=f"caption and prompt of '{names[0]}' must be text"):
         image_folder(folder)
-    notes.write_text(json.dumps([{"file": names[1], "caption": "a red circle", "prompt": "USER: <image>\nhi ASSISTANT:"}]))
+    notes.write_text(json.dumps([{"file": names[1], "caption": "a red circle", "prompt": "USER: <image>\nhi ASSISTANT:"}]),
+                     encoding="utf-8-sig")  # with a byte-order mark, as Windows editors write it
     data = image_folder(folder)
     assert [s.caption for s in data] == [None, "a red circle"] and data[1].prompt.endswith("hi ASSISTANT:")
 

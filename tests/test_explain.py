@@ -347,6 +347,14 @@ def test_explain_all_explains_again_when_the_explainer_settings_change(world, tm
     again = CountingExplainer(max_terms=2)
     explain_all(index, explainer=again, **kw)
     assert again.calls == 0
+    # Equal settings give the same text in any process: sets sorted, numpy numbers as Python ones.
+    from neuronwidgets.explain.batch import _settings_tag
+
+    class Odd(CountingExplainer):
+        settings = {"terms": np.int64(2), "words": {"red", "blue", "green"}, 3: (np.float32(0.5), None)}
+
+    assert _settings_tag(Odd()) == '{"3": [0.5, null], "terms": 2, "words": ["blue", "green", "red"]}'
+    assert _settings_tag(object()) is None
     # A table from before the column: its explanations are kept (nothing says how they were made).
     old = pd.read_parquet(tmp_path / "explanations.parquet").drop(columns="explainer_settings")
     old.to_parquet(tmp_path / "explanations.parquet", index=False)

@@ -167,10 +167,25 @@ def test_encoding_a_batch_equals_encoding_one_input_at_a_time(tiny_session, padd
         tiny_session.encode_batch(images[:2], prompts[:1])
 
 
-def test_from_pretrained_downloads_nothing_unless_asked():
+def test_from_pretrained_downloads_nothing_unless_asked(tmp_path):
     """A hub id that is not in the cache is an error that says how to get it, not a 14 GB download."""
+    import shutil
+
+    from neuronwidgets.toy import WEIGHTS_DIR
+
     with pytest.raises(FileNotFoundError, match=r"nobody/no-such-llava.*download=True.*huggingface-cli download"):
         Session.from_pretrained("nobody/no-such-llava")
+    with pytest.raises(FileNotFoundError, match=r"not in the Hugging Face cache \(local_files_only=True\)"):
+        Session.from_pretrained("nobody/no-such-llava", local_files_only=True)
+    with pytest.raises(FileNotFoundError, match=r"^no model folder at '.*no-such-folder'$"):
+        Session.from_pretrained(tmp_path / "no-such-folder")
+    # A hub id in a cache of the caller's (cache_dir): the processor is read from there too.
+    repo = tmp_path / "hub" / "models--nobody--toy"
+    shutil.copytree(WEIGHTS_DIR, repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    session = Session.from_pretrained("nobody/toy", device="cpu", cache_dir=str(tmp_path / "hub"))
+    assert session.name == "nobody/toy" and session.n_neurons == Session.toy().n_neurons
 
 
 def test_unsupported_model_lists_supported_families(tiny_session):

@@ -175,8 +175,13 @@ def test_dataset_specs_read_numbers_and_refuse_what_they_cannot():
 
     data = from_spec("shapes:n=4,seed=2,min_size=0.5[1:3]")
     assert len(data) == 2 and data[0].id == shapes(n=4, seed=2, min_size=0.5)[1].id
-    with pytest.raises(ValueError, match="n must be a number, got 'abc'"):
+    with pytest.raises(ValueError, match="n must be a whole number, got 'abc'"):
         from_spec("shapes:n=abc")
+    with pytest.raises(ValueError, match="n must be a whole number, got '2.5'"):
+        from_spec("shapes:n=2.5")
+    with pytest.raises(ValueError, match="seed must be 0 or more"):
+        from_spec("shapes:n=2,seed=-1")
+    assert from_spec("shapes:n=2,min_size=1").fingerprint == shapes(n=2, min_size=1.0).fingerprint == shapes(n=2, min_size=1).fingerprint
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['colour'\]; shapes takes n, seed"):
         from_spec("shapes:n=3,colour=2")
 

@@ -37,7 +37,7 @@ _JSON_SHAPES = ('{"a.png": "a caption"}, {"a.png": {"caption": "...", "prompt": 
 def _json_annotations(file: Path) -> dict[str, dict]:
     """Captions and prompts by file name from a JSON file in one of the _JSON_SHAPES."""
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = json.loads(file.read_text(encoding="utf-8-sig"))  # -sig: a byte-order mark (Windows editors) is read too
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{str(file)!r} is not valid JSON ({err}); it should look like {_JSON_SHAPES}") from None
     if isinstance(data, dict):

@@ -239,6 +239,9 @@ def shapes(
     """
     if n < 0 or start < 0:
         raise ValueError(f"n and start count samples, so 0 or more; got n={n}, start={start}")
+    if seed < 0:
+        raise ValueError(f"seed must be 0 or more, got {seed}")
+    min_size = float(min_size)  # 1 and 1.0 draw the same world: one fingerprint
     kwargs = dict(image_size=image_size, grid=grid, min_objects=min_objects, max_objects=max_objects, min_size=min_size)
     samples = [make_sample(seed, i, **kwargs) for i in range(start, start + n)]
     parts = [f"n={n}", f"seed={seed}"]

@@ -7,32 +7,34 @@ import re
 _SLICE = re.compile(r"^(?P<base>.*)\[(?P<a>-?\d*):(?P<b>-?\d*):?(?P<c>-?\d*)\]$")
 
 
-def parse_args(text: str) -> dict:
+def parse_args(text: str) -> dict[str, str]:
+    """'n=20,seed=0' -> {'n': '20', 'seed': '0'}: values stay text (`_call` reads them by the parameter's type)."""
     out = {}
     for part in filter(None, text.split(",")):
         if "=" not in part:
             raise ValueError(f"expected key=value in dataset spec, got {part!r}")
         k, v = part.split("=", 1)
-        out[k.strip()] = int(v) if re.fullmatch(r"-?\d+", v.strip()) else v.strip()
+        out[k.strip()] = v.strip()
     return out
 
 
-def _call(fn, spec: str, args: dict):
-    """fn(**args), each value read as its parameter's default type (int, float), or a clear error about the spec."""
+def _call(fn, spec: str, args: dict[str, str]):
+    """fn(**args), each value read by its parameter's annotation (int, float; text otherwise), or a clear error about the spec."""
     import inspect
 
     params = inspect.signature(fn).parameters
     unknown = sorted(set(args) - set(params))
     if unknown:
         raise ValueError(f"dataset spec {spec!r}: unknown key(s) {unknown}; {fn.__name__} takes {', '.join(params)}")
-    for key, value in args.items():
-        kind = type(params[key].default)
-        if kind in (int, float) and not isinstance(value, (int, float)):
-            try:
-                args[key] = kind(value)
-            except ValueError:
-                raise ValueError(f"dataset spec {spec!r}: {key} must be a number, got {value!r}") from None
-    return fn(**args)
+    values = {}
+    for key, text in args.items():
+        kinds = set(re.findall(r"\w+", str(params[key].annotation)))  # e.g. "int | None", "str | Path"
+        try:
+            values[key] = float(text) if "float" in kinds else int(text) if "int" in kinds else text
+        except ValueError:
+            what = "a number" if "float" in kinds else "a whole number"
+            raise ValueError(f"dataset spec {spec!r}: {key} must be {what}, got {text!r}") from None
+    return fn(**values)
 
 
 def from_spec(spec: str):

@@ -173,9 +173,30 @@ def explain_all(index, neurons=None, explainer=None, simulator=None, *, holdout=
 
 
 def _settings_tag(explainer) -> str | None:
-    """The explainer's `settings` as the table stores them (JSON, keys sorted); None for an explainer without any."""
-    settings = getattr(explainer, "settings", None)
-    return None if settings is None else json.dumps(settings, sort_keys=True, default=str)
+    """The explainer's `settings` as the table stores them (JSON, keys sorted); None for an explainer without any.
+
+    Sets come out sorted and numpy scalars as plain numbers, so equal settings give the same
+    text in every process (else a resumed run would explain everything again).
+    """
+    if not hasattr(type(explainer), "settings") and "settings" not in getattr(explainer, "__dict__", {}):
+        return None  # (a `settings` property that fails raises, instead of reading as "none")
+    settings = explainer.settings
+    return None if settings is None else json.dumps(_plain(settings), sort_keys=True)
+
+
+def _plain(value):
+    """value as JSON-able Python, the same for equal values: dict keys as text, sets sorted, numpy as Python."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted((_plain(v) for v in value), key=repr)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.generic, np.ndarray)):
+        return _plain(value.tolist())
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
 
 
 def _held_out_tag(holdout) -> str:
