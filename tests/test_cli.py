@@ -123,6 +123,8 @@ def test_merge_command_and_errors(tmp_path, checkpoint):
     assert bad.returncode == 2 and "no such directory" in bad.stderr
     nodata = run(["collect", "--model", str(checkpoint), "--data", "nope:x", "--out", str(tmp_path / "x")], check=False)
     assert nodata.returncode != 0 and "not a folder" in nodata.stderr
+    uncached = run(["collect", "--model", "nobody/no-such-llava", "--data", str(images), "--out", str(tmp_path / "y")], check=False)
+    assert uncached.returncode == 2 and "pass download=True (on the command line --download)" in uncached.stderr
 
 
 def write_coco(folder: Path):
