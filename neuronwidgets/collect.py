@@ -68,9 +68,9 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
         raise ValueError(f"batch_size must be at least 1 sample, got {batch_size!r}")
     if random_k < 0:
         raise ValueError(f"random_k must be >= 0 (the random samples kept for scoring; 0 keeps none), got {random_k!r}")
-    if max_text_tokens < (1 if text == "generate" else 0):
-        raise ValueError(f"max_text_tokens must be >= {1 if text == 'generate' else 0}"
-                         f"{' (the tokens generated per sample)' if text == 'generate' else ''}, got {max_text_tokens!r}")
+    fewest_text_tokens = 1 if text == "generate" else 0  # generate needs room for one token at least
+    if max_text_tokens < fewest_text_tokens:
+        raise ValueError(f"max_text_tokens must be >= {fewest_text_tokens} with text={text!r}, got {max_text_tokens!r}")
     samples = as_samples(dataset)
     layers = session.check_layers(layers)
     positions = list(range(len(samples))) if indices is None else _check_indices(indices, len(samples))
