@@ -163,10 +163,10 @@ def _check_indices(indices: Sequence[int], size: int) -> list[int]:
     bad = [i for i in positions if not 0 <= i < size]
     if bad:
         raise IndexError(f"indices must be dataset positions 0..{size - 1}; got {bad[:5]}{' ...' if len(bad) > 5 else ''}")
-    if len(set(positions)) != len(positions):
-        twice = sorted(i for i, count in Counter(positions).items() if count > 1)[:5]
+    repeated = sorted(i for i, count in Counter(positions).items() if count > 1)
+    if repeated:
         raise ValueError(f"indices must name each sample once (a sample counted twice would fill its neurons' top-k twice); "
-                         f"repeated: {twice}")
+                         f"repeated: {repeated[:5]}")
     return positions
 
 
