@@ -8,6 +8,8 @@ which is what makes resume and shard merging give the index of one pass.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
@@ -41,9 +43,14 @@ def packed_order_key(values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
     values float32; keys in -1 .. 2^32 - 2. -0.0 is read as +0.0 (they tie, as floats do).
     """
-    bits = (values.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
-    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # int32 order == float order
-    return (ordered.to(torch.int64) << 32) | (_PACKED_KEY_LIMIT - 1 - keys)
+    out = torch.sub(_PACKED_KEY_LIMIT - 1, keys)  # ~key in the low 32 bits, the high ones 0
+    if sys.byteorder == "little":  # the value's bits go straight into the high halves: one new array, not eight
+        high = out.view(torch.int32).view(*out.shape, 2)[..., 1]
+        bits = torch.add(values.float(), 0.0, out=high.view(torch.float32)).view(torch.int32)  # + 0.0: -0.0 as +0.0
+        bits ^= torch.bitwise_right_shift(bits, 31).bitwise_and_(0x7FFFFFFF)  # int32 order == float order
+        return out
+    bits = (values.float() + 0.0).view(torch.int32)
+    return out | ((bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(torch.int64) << 32)
 
 
 def sorted_top_order(values: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
@@ -134,28 +141,41 @@ def codes_from_histogram(hist: torch.Tensor, length: int) -> torch.Tensor:
     return (levels - torch.searchsorted(at_least.contiguous(), pos, right=True)).to(torch.uint8)
 
 
-def _group_by_row(ids: torch.Tensor, n_rows: int):
+def _group_by_row(ids, n_rows: int):
     """Entries by the row (0 .. n_rows - 1) they belong to: (rows, flat, (groups, width)), or None when there are none.
 
+    ids: a tensor, or the runs (a list of tensors) whose concatenation it is; a run whose ids
+    ascend is laid out without a sort (candidates arrive neuron by neuron, a run per batch).
     rows: the distinct ids, ascending, or None when most rows have entries: then every row is
     a group (group g is row g), which spares the caller gathering and scattering the rows. Entry
     i goes to [g, s] of a padded [groups, width] array (s: a slot of its own in its group), which
     is flat[i] = g * width + s of the array's flattened form (see `_padded`).
     """
-    if ids.numel() == 0:
+    runs = [r for r in (ids if isinstance(ids, (list, tuple)) else [ids]) if r.numel()]
+    if not runs:
         return None
-    counts = torch.bincount(ids, minlength=n_rows)
-    order = torch.argsort(ids.to(torch.int32), stable=True)  # int32: the sort is a third faster
-    sorted_ids = ids.index_select(0, order)
-    slot = torch.arange(ids.numel(), device=ids.device) - (counts.cumsum(0) - counts)[sorted_ids]
-    present = counts > 0
-    width = int(counts.max())
+    counts = [torch.bincount(r, minlength=n_rows) for r in runs]
+    total = counts[0] if len(counts) == 1 else torch.stack(counts).sum(0)
+    present = total > 0
+    width = int(total.max())
     if int(present.sum()) * 2 > n_rows:
-        rows, group = None, sorted_ids
+        rows, group_of = None, None
     else:
-        rows, group = present.nonzero().view(-1), (present.cumsum(0) - 1)[sorted_ids]
-    flat = torch.empty_like(order).index_copy_(0, order, group * width + slot)
-    return rows, flat, (n_rows if rows is None else rows.numel(), width)
+        rows, group_of = present.nonzero().view(-1), present.cumsum(0) - 1
+    flats, before = [], torch.zeros_like(total)  # before: each row's entries in earlier runs
+    for run, count in zip(runs, counts):
+        order = None if _ascending(run) else torch.argsort(run.to(torch.int32), stable=True)  # int32: a third faster
+        ordered = run if order is None else run.index_select(0, order)
+        # in a run sorted by row, an entry's slot is its place after the row's first entry, after earlier runs' entries
+        slot = torch.arange(run.numel(), device=run.device) + (before - (count.cumsum(0) - count))[ordered]
+        flat = (ordered if group_of is None else group_of[ordered]) * width + slot
+        flats.append(flat if order is None else torch.empty_like(flat).index_copy_(0, order, flat))
+        before += count
+    return rows, flats[0] if len(flats) == 1 else torch.cat(flats), (n_rows if rows is None else rows.numel(), width)
+
+
+def _ascending(ids: torch.Tensor) -> bool:
+    return ids.numel() < 2 or bool((ids[1:] >= ids[:-1]).all())
 
 
 def _padded(group, values: torch.Tensor, fill) -> torch.Tensor:
@@ -167,7 +187,8 @@ def _padded(group, values: torch.Tensor, fill) -> torch.Tensor:
 
 
 class _Pending:
-    """Candidates for one kind of top-k list, buffered between merges: columns of equal length, the neuron first.
+    """Candidates for one kind of top-k list, buffered between merges: columns of equal length, the neuron first
+    (ascending within a part spares the merge a sort).
 
     A column may be 2-D with a width that differs from part to part (text maps cut to each
     batch's longest text): parts are padded with zeros to the widest.
@@ -182,7 +203,7 @@ class _Pending:
         self.size += columns[0].numel()
 
     def take(self):
-        """Every buffered column, concatenated (None when empty); the buffer emptied."""
+        """(the neuron column of each part, every column concatenated), None when empty; the buffer emptied."""
         parts, self.parts, self.size = self.parts, [], 0
         if not parts:
             return None
@@ -192,7 +213,7 @@ class _Pending:
                 width = max(x.shape[1] for x in c)
                 c = [torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in c]
             cols.append(torch.cat(c) if len(c) > 1 else c[0])
-        return cols
+        return [part[0] for part in parts], cols
 
 
 def _nan_loses(values: torch.Tensor) -> torch.Tensor:
@@ -491,9 +512,9 @@ class LayerState:
         if filling and vals.shape[0] * vals.shape[1] >= k:  # the batch's own k-th best is a lower bound too
             kth = torch.topk(vals.view(-1, vals.shape[2]).nan_to_num(nan=-torch.inf), k, dim=0).values[-1]
             floor = floors[m] = torch.maximum(floor, kth)
-        pair = vmax >= floor
-        pair |= vmax.isnan()  # a NaN hides the sample's other tokens from its maximum
-        b, n = pair.nonzero(as_tuple=True)
+        pair = vmax.T >= floor[:, None]  # [N, B]: neuron-major, so the candidates come sorted by neuron
+        pair |= vmax.T.isnan()  # a NaN hides the sample's other tokens from its maximum
+        n, b = pair.nonzero(as_tuple=True)
         if b.numel() == 0:
             return
         seg = vals[b, :, n]  # [pairs, w]
@@ -517,8 +538,8 @@ class LayerState:
         taken = self._pending[m].take()
         if taken is None:
             return
-        n, value, key = taken
-        group = _group_by_row(n, self.n)
+        runs, (_, value, key) = taken
+        group = _group_by_row(runs, self.n)
         # padding: value -inf and the largest key lose to every kept entry, empty ones included
         self._merge_tokens(m, group[0], _padded(group, value, -torch.inf), _padded(group, key, _PACKED_KEY_LIMIT - 1))
         if self._floors is not None:
@@ -564,8 +585,8 @@ class LayerState:
     def _flush_top(self) -> None:
         taken = self._pending["top"].take()
         if taken is not None:
-            n, value, sample, image_codes, text_codes = taken
-            group = _group_by_row(n, self.n)
+            runs, (n, value, sample, image_codes, text_codes) = taken
+            group = _group_by_row(runs, self.n)
             new_s = _padded(group, sample, _PACKED_KEY_LIMIT - 1)  # padding: loses to any slot, even an empty one
             slots = self._take_slots(group[0], _padded(group, value, -torch.inf), new_s)
             if slots is not None:

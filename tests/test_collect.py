@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pandas as pd
@@ -423,6 +424,38 @@ def test_group_by_row_lays_every_entry_in_its_rows_group(n_rows):
         got = padded[group][padded[group] > 0].sort().values
         assert torch.equal(got, values[ids == row]), row
     assert _group_by_row(ids[:0], n_rows) is None
+
+
+@pytest.mark.parametrize("n_rows", [6, 40])
+def test_group_by_row_of_runs_lays_entries_as_of_their_concatenation(n_rows):
+    """Runs (ascending ones laid out without a sort, others sorted) give each row's entries, in the concatenation's order."""
+    from neuronwidgets.reduce import _group_by_row, _padded
+
+    g = torch.Generator().manual_seed(6)
+    runs = [torch.randint(0, 6, (n,), generator=g) for n in (30, 0, 25, 40)]
+    runs = [runs[0].sort().values, runs[1], runs[2], runs[3].sort().values]  # ascending, empty, unsorted, ascending
+    ids = torch.cat(runs)
+    values = torch.arange(ids.numel()) + 1
+    rows, flat, shape = _group_by_row(runs, n_rows)
+    assert flat.unique().numel() == ids.numel()  # a slot of its own for every entry
+    padded = _padded((rows, flat, shape), values, 0)
+    listed = torch.arange(n_rows) if rows is None else rows
+    assert shape == (listed.numel(), int(torch.bincount(ids).max()))
+    for group, row in enumerate(listed.tolist()):
+        assert torch.equal(padded[group][padded[group] > 0].sort().values, values[ids == row]), row
+    assert _group_by_row([ids[:0], ids[:0]], n_rows) is None
+
+
+def test_packed_order_key_is_the_same_on_either_byte_order(monkeypatch):
+    from neuronwidgets.reduce import packed_order_key
+
+    g = torch.Generator().manual_seed(7)
+    values = torch.randn(5, 9, generator=g)
+    values[0, :4] = torch.tensor([-0.0, 0.0, -torch.inf, torch.inf])
+    keys = torch.randint(-1, 2**32 - 1, (5, 9), generator=g)
+    little = packed_order_key(values, keys)
+    monkeypatch.setattr(sys, "byteorder", "big")  # the path without the in-place high halves
+    assert torch.equal(packed_order_key(values, keys), little)
 
 
 def test_histogram_bins_equal_a_search_at_every_edge():
