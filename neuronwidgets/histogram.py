@@ -34,6 +34,11 @@ def hist_bins(x: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
     CPU's 0/0 is a negative NaN): the first with it set, the last without. With a reusing
     `scratch` (SCRATCH), the result lives in a reused buffer (valid until the next call).
     """
+    return _shifted_bins(x, scratch, _N_POS)
+
+
+def _shifted_bins(x: torch.Tensor, scratch: Scratch | None, shift) -> torch.Tensor:
+    """hist_bins(x) - N_POS + shift (an int, or a tensor that broadcasts), in the same passes."""
     bits = x.float().contiguous().view(torch.int32)
     scratch = scratch or FRESH
     new = lambda name: scratch(name, bits.shape, torch.int32, bits.device)  # noqa: E731
@@ -42,7 +47,7 @@ def hist_bins(x: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
     c.sub_(_BITS_BELOW_FIRST_EDGE).clamp_(0, _N_POS)  # positive edges <= |x| (inf, nan: all)
     a = mag.clamp_(max=1).add_(c)  # [x != 0] + c: the offset above N_POS when x >= 0
     sign = torch.bitwise_right_shift(bits, 31, out=new("hist_sign"))  # -1 where x < 0 (and -0.0, whose c is 0)
-    return c.add_(a).mul_(sign).add_(a).add_(_N_POS)  # x >= 0: N_POS + a; x < 0: N_POS - c
+    return c.add_(a).mul_(sign).add_(a).add_(shift)  # x >= 0: shift + a; x < 0: shift - c
 
 # A float16's top 7 bits (sign, exponent, first mantissa bit) fix its bin, except that +0.0
 # shares its code with the tiny positives (0, 2^-10): 128 codes per neuron, then one fold.
@@ -59,7 +64,7 @@ def bin_counts(flat: torch.Tensor, scratch: Scratch | None = None) -> torch.Tens
     n = flat.shape[1]
     if flat.dtype == torch.float16:
         return _half_bin_counts(flat)
-    bins = hist_bins(flat, scratch).add_(_offsets(n, N_BINS, 0, flat.device))
+    bins = _shifted_bins(flat, scratch, _offsets(n, N_BINS, _N_POS, flat.device))  # each neuron's bins a range of its own
     return torch.bincount(bins.view(-1), minlength=n * N_BINS).view(n, N_BINS)
 
 
