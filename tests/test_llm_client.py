@@ -148,3 +148,38 @@ def test_copies_leave_credentials_in_headers_behind(tmp_path):
                           extra_headers={"Authorization": f"Bearer {SECRET}"})
     for other in (copy.deepcopy(client), pickle.loads(pickle.dumps(client))):
         assert SECRET not in repr(other.__dict__)
+
+
+@pytest.mark.parametrize("bad", [f"{SECRET}\u00a0x", f"sk-{SECRET}\x07", f"{SECRET}\nmore"])
+def test_a_key_an_http_header_cannot_carry_is_refused_without_quoting_it(llm_server, tmp_path, bad):
+    """The HTTP library would refuse it with the whole Authorization header in its error (and its repr)."""
+    client = OpenAIClient(model="test-vlm", base_url=llm_server.url, api_key=bad, cache_dir=tmp_path / "c", max_retries=0)
+    with pytest.raises(LLMRequestError, match="HTTP header cannot carry") as err:
+        client.chat(_messages())
+    chain, e = [], err.value
+    while e is not None:
+        chain.append(repr(e) + str(e))
+        e = e.__cause__ or e.__context__
+    assert SECRET not in "".join(chain) and not llm_server.requests
+    with pytest.raises(LLMRequestError, match="'api-key' header") as err:
+        OpenAIClient(model="m", default_headers={"api-key": bad})
+    assert SECRET not in str(err.value)
+
+
+def test_a_key_with_a_line_break_at_its_end_is_sent_without_it(llm_server, tmp_path):
+    """A key read from a file (open('key.txt').read()) ends in a line break: it is stripped, as a user means it."""
+    client = OpenAIClient(model="test-vlm", base_url=llm_server.url, api_key=f"{SECRET}\n", cache_dir=tmp_path / "c")
+    assert client.chat(_messages(), extra_headers={"X-Trace": " abc \n"}).text == "ok"
+    assert llm_server.headers[-1]["authorization"] == f"Bearer {SECRET}" and llm_server.headers[-1]["x-trace"] == "abc"
+
+
+def test_copies_leave_credentials_in_the_url_behind(tmp_path):
+    import pickle
+
+    from neuronwidgets.llm.client import url_without_credentials
+
+    url = f"https://user:{SECRET}@proxy.example:8443/v1?api-version=2024-02-01&api-key={SECRET}&access_token={SECRET}"
+    client = OpenAIClient(model="m", base_url=url, cache_dir=tmp_path / "c")
+    assert SECRET.encode() not in pickle.dumps(client) and b"user" not in pickle.dumps(client)
+    assert pickle.loads(pickle.dumps(client)).base_url == "https://proxy.example:8443/v1?api-version=2024-02-01"
+    assert url_without_credentials("http://localhost:8000/v1") == "http://localhost:8000/v1"

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import openai
 
@@ -80,6 +81,41 @@ def safe_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def url_without_credentials(url: str | None) -> str | None:
+    """`url` without user:password and without query parameters that look like credentials (key, token, ...).
+
+    What a copy of a client keeps: unlike `safe_url` it keeps the rest of the query (Azure's api-version).
+    """
+    if not url:
+        return url
+    parts = urlsplit(str(url))
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _CREDENTIAL_NAME.search(k)]
+    return urlunsplit((parts.scheme, host, parts.path, urlencode(query), parts.fragment))
+
+
+_CREDENTIAL_NAME = re.compile(r"key|token|secret|pass|auth|sig|cred", re.IGNORECASE)
+
+
+def header_safe(value: str, what: str) -> str:
+    """`value` without surrounding whitespace, checked to fit an HTTP header; the error never quotes it.
+
+    A key read from a file or pasted from a web page often ends in a line break or holds a
+    non-breaking space: the HTTP library would refuse it with the whole header (the key) in its message.
+    """
+    value = str(value).strip()
+    if any(not (" " <= ch <= "~") for ch in value):
+        raise LLMRequestError(f"{what} holds a character an HTTP header cannot carry (a line break, a control or a "
+                              "non-ASCII character, often copied in with it): check it and pass it again")
+    return value
+
+
+def _safe_headers(headers: dict[str, str] | None, what: str) -> dict[str, str] | None:
+    if headers is None:
+        return None
+    return {name: header_safe(value, f"the {name!r} header of {what}") for name, value in headers.items()}
+
+
 class OpenAIClient:
     """A chat model behind the OpenAI API, with a disk cache, retries, a concurrency bound and usage counts.
 
@@ -121,7 +157,7 @@ class OpenAIClient:
         self.timeout = timeout
         self.params = {"temperature": temperature, "max_tokens": max_tokens, **params}
         self.params = {k: v for k, v in self.params.items() if v is not None}
-        self._default_headers = default_headers
+        self._default_headers = _safe_headers(default_headers, "default_headers")
         self._http_client = http_client
         self._client: openai.OpenAI | None = None
         self._lock = threading.Lock()
@@ -143,6 +179,7 @@ class OpenAIClient:
                             "(or pass base_url= for a local OpenAI-compatible server that needs none)"
                         )
                     key = "not-needed"  # local servers (vLLM, Ollama, llama.cpp) accept any key
+                key = header_safe(key, f"the API key (api_key=... or ${self._api_key_env})")
                 self._client = openai.OpenAI(
                     api_key=key,
                     base_url=self.base_url,
@@ -159,10 +196,11 @@ class OpenAIClient:
         return f"<OpenAIClient model={self.model!r}{where}, cache={cache!r}, max_concurrency={self.max_concurrency}; {self.usage}>"
 
     def __getstate__(self):
-        """Copies and pickles leave the API key and the connection behind (the key is read from the environment again)."""
+        """Copies and pickles leave the API key, custom headers, credentials in the URL and the connection behind (the key is read from the environment again)."""
         state = {k: v for k, v in self.__dict__.items() if k not in ("_api_key", "_client", "_lock", "_slots", "_sleep", "_http_client")}
         state["_api_key"] = None
         state["_default_headers"] = None  # custom headers may carry credentials too (Azure's api-key, a proxy's)
+        state["base_url"] = url_without_credentials(self.base_url)  # and so may the URL (user:password@, ?api-key=)
         state["params"] = {k: v for k, v in self.params.items() if k not in CONNECTION_PARAMS}
         return state
 
@@ -180,6 +218,8 @@ class OpenAIClient:
     def chat(self, messages: list[dict[str, Any]], *, prompt_version: str = "", refresh: bool = False, **params: Any) -> ChatReply:
         """Send one chat request (or answer it from the cache); `params` override the sampling defaults."""
         params = {**self.params, **params}
+        if params.get("extra_headers"):
+            params["extra_headers"] = _safe_headers(params["extra_headers"], "extra_headers")
         key = request_key(self.model, messages, params, prompt_version)
         if self.cache is not None and not refresh:
             entry = self.cache.get(key)
