@@ -106,7 +106,7 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
     random = RandomSet(random_k, seed)
     sample_rows: list[dict] = []
     start = 0
-    path = Path(path) if path is not None else None
+    path = Path(path).expanduser() if path is not None else None
     if path is not None and (path / MANIFEST).exists():
         found = json.loads((path / MANIFEST).read_text())
         if found.get("format_version") != FORMAT_VERSION and not overwrite:

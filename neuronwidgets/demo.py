@@ -11,7 +11,7 @@ def run_demo(out: Path, n: int = 600, session=None, progress: bool = True) -> di
     """Collect the toy over Shapes, print categories and scored concept explanations, write HTML widgets."""
     import neuronwidgets as nw
 
-    out = Path(out)
+    out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     session = session or nw.Session.toy()
     print(session)

@@ -162,7 +162,7 @@ def arrays_to_state(arrays: dict[str, np.ndarray], stats: pd.DataFrame, m: dict,
 
 def write_index(path: Path, manifest: dict, layers: dict[int, LayerState], samples: pd.DataFrame, random: RandomSet) -> None:
     """Write a whole index folder; files go to a temporary folder first and are then moved in place."""
-    path = Path(path)
+    path = Path(path).expanduser()
     tmp = path.with_name(path.name + ".writing")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -192,7 +192,7 @@ def write_index(path: Path, manifest: dict, layers: dict[int, LayerState], sampl
 
 
 def read_manifest(path: Path) -> dict:
-    path = Path(path)
+    path = Path(path).expanduser()
     file = path / MANIFEST
     if not path.is_dir():
         raise IndexFormatError(f"{str(path)!r} is not a NeuronIndex folder (no such directory)")
@@ -236,7 +236,7 @@ class NeuronIndex:
 
     def __init__(self, path: Path | None, manifest: dict, samples: pd.DataFrame, stats: pd.DataFrame,
                  arrays: dict[int, dict[str, np.ndarray]] | None = None, dataset=None):
-        self.path = Path(path) if path is not None else None
+        self.path = Path(path).expanduser() if path is not None else None
         self.manifest = manifest
         self.samples = samples
         self._stats = stats
@@ -247,7 +247,7 @@ class NeuronIndex:
     @classmethod
     def load(cls, path: str | Path, *, expect_model: str | None = None, expect_site: str | None = None, dataset=None) -> "NeuronIndex":
         """Open an index folder, checking its files; layer arrays are read when first needed."""
-        path = Path(path)
+        path = Path(path).expanduser()
         manifest = read_manifest(path)
         if not manifest.get("complete", False):
             raise IndexFormatError(

@@ -762,3 +762,16 @@ def test_an_image_only_collection_without_text_tokens(tiny_session, data, tmp_pa
     record = index.records(0, 0)[0]
     assert len(record.text_activations) == 0 and record.patch_map.shape == index.grid
     assert index.exemplars(0, 0, modality="text").empty and len(index.exemplars(0, 0, modality="image")) == KW["token_k"]
+
+
+def test_paths_with_a_tilde_mean_the_home_folder(tiny_session, data, tmp_path, monkeypatch):
+    """collect, load, merge and export read `~` as the shell does (it made a folder named '~' and then failed)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    index = tiny_session.collect(data, path="~/runs/x", **KW)
+    assert (tmp_path / "home" / "runs" / "x" / "manifest.json").exists() and not (tmp_path / "~").exists()
+    assert NeuronIndex.load("~/runs/x").manifest == index.manifest
+    import neuronwidgets.widgets as W
+
+    out = W.to_html(W.TokenHeatmap(tiny_session.trace(data[0].image, "USER: <image>\nhi ASSISTANT:"), layer=0, neuron=0), "~/t.html")
+    assert out == tmp_path / "home" / "t.html" and out.exists()

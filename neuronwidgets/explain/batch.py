@@ -99,7 +99,7 @@ def explain_all(index, neurons=None, explainer=None, simulator=None, *, holdout=
     if simulator is not None:
         _check_holdout(index, holdout, explainer, todo)
     held_out = _held_out_tag(holdout)
-    file = Path(path) if path is not None else (Path(index.path) / TABLE if getattr(index, "path", None) else None)
+    file = Path(path).expanduser() if path is not None else (Path(index.path) / TABLE if getattr(index, "path", None) else None)
     rows: dict[tuple[int, int], dict] = {}
     if resume and file is not None and file.exists():
         for r in pd.read_parquet(file).to_dict("records"):

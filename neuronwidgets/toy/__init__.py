@@ -18,7 +18,7 @@ def load_toy(path: str | Path | None = None, device: str = "cpu"):
     import torch
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-    path = Path(path) if path is not None else WEIGHTS_DIR
+    path = Path(path).expanduser() if path is not None else WEIGHTS_DIR
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no toy weights in {path}: run `python -m neuronwidgets.toy.train`")
     model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)

@@ -137,7 +137,7 @@ def to_html(widgets, path: str | Path, title: str | None = None, states: dict | 
     items = list(widgets) if isinstance(widgets, Iterable) and not hasattr(widgets, "get_state") else [widgets]
     if not items:
         raise ValueError("nothing to export: pass a widget or a list of widgets")
-    path = Path(path)
+    path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page(items, states, title or _title(items)), encoding="utf-8")
     return path
