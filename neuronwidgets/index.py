@@ -241,7 +241,9 @@ class NeuronIndex:
         self.samples = samples
         self._stats = stats
         self._arrays: dict[int, dict[str, np.ndarray]] = dict(arrays or {})
-        self._dataset = dataset
+        self._dataset = None
+        if dataset is not None:
+            self.attach(dataset)  # checked by fingerprint, as attach() does
 
     # --- loading ---------------------------------------------------------------
     @classmethod

@@ -775,3 +775,10 @@ def test_paths_with_a_tilde_mean_the_home_folder(tiny_session, data, tmp_path, m
 
     out = W.to_html(W.TokenHeatmap(tiny_session.trace(data[0].image, "USER: <image>\nhi ASSISTANT:"), layer=0, neuron=0), "~/t.html")
     assert out == tmp_path / "home" / "t.html" and out.exists()
+
+
+def test_a_dataset_given_to_load_is_checked_like_attach(tiny_session, data, one_pass):
+    other = make_data(12)  # another fingerprint
+    with pytest.raises(ValueError, match="fingerprint"):
+        NeuronIndex.load(one_pass.path, dataset=other)
+    assert NeuronIndex.load(one_pass.path, dataset=data).dataset is data

@@ -237,6 +237,21 @@ def test_explanation_card_from_a_scored_explanation(world):
     assert ["exemplars", 0, "values"] in paths and not float_lists(state)
 
 
+def test_explanation_card_finds_exemplar_images_by_sample_id(world):
+    """A dataset given to the card need not be the index's own: a superset or another order finds each sample by its id."""
+    from neuronwidgets.widgets._base import png
+    from neuronwidgets.widgets.card import EXEMPLAR_IMAGE_SIDE
+
+    session, index, data, table = world
+    shuffled = list(reversed(data))  # every sample at another position
+    row = table[(table.layer == 0) & (table.neuron == 4)].iloc[0].to_dict()
+    card = W.ExplanationCard(row, index=index, dataset=shuffled, k=2)
+    records = index.records(0, 4, "top")[:2]
+    for ex, rec in zip(card.exemplars, records):
+        sample = next(s for s in data if s.id == rec.sample_id)
+        assert ex["sample_id"] == rec.sample_id and ex["image"] == png(sample.image, EXEMPLAR_IMAGE_SIDE)
+
+
 def test_explanation_card_from_a_table_row_uses_its_scores(world):
     table = world[3]
     row = table.iloc[3]

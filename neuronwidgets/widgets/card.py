@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import traitlets as t
 
+from neuronwidgets.explain.data import sample_of
 from neuronwidgets.widgets._base import NeuronWidget, f32, finite, i32, neuron_max, png
 
 HEADER_FIELDS = ("layer", "neuron", "category", "text", "explainer", "model", "concept", "prompt_version")
@@ -67,7 +68,7 @@ def exemplars_of(index, layer: int, neuron: int, k: int, dataset=None) -> list[d
         image = b""
         if data is not None:
             try:
-                sample = data[int(rec.sample)]
+                sample = sample_of(data, rec)  # by id where the dataset is not the index's own (a superset)
                 image = png(sample.get_image() if hasattr(sample, "get_image") else sample.image, EXEMPLAR_IMAGE_SIDE)
             except Exception:  # no image for this sample: the heatmap alone
                 image = b""
