@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from neuronwidgets.checks import whole_number
 from neuronwidgets.histogram import HIST_EDGES
 from neuronwidgets.records import ActivationRecord
 from neuronwidgets.reduce import MODALITIES, LayerState, code_histogram, codes_from_histogram, dequantize, map_codes, store_codes
@@ -230,6 +232,28 @@ def read_layer(path: Path, layer: int) -> dict[str, np.ndarray]:
         raise IndexFormatError(f"{str(file)!r} is corrupt ({err})") from err
 
 
+def neurons_of(obj) -> tuple[str | None, str | None]:
+    """(model, site) of a NeuronIndex, a Trace or a Session: whose neurons it holds (None where unknown)."""
+    manifest = getattr(obj, "manifest", None)
+    if isinstance(manifest, dict):
+        return manifest.get("model"), manifest.get("site")
+    return getattr(obj, "model_name", None) or getattr(obj, "name", None), getattr(obj, "site", None)
+
+
+def check_same_neurons(a, b, what: str) -> None:
+    """Refuse to put neurons of different sites side by side (layer 1 neuron 42 is another neuron there); warn for model names.
+
+    a, b: NeuronIndexes, Traces or Sessions; `what` names them in the error ("the index and the trace").
+    """
+    (model_a, site_a), (model_b, site_b) = neurons_of(a), neurons_of(b)
+    if site_a and site_b and site_a != site_b:
+        raise ValueError(f"{what} record different neurons: site {site_a!r} against site {site_b!r}; "
+                         "use a trace, session and indexes of one site (Session(..., site=...), collect with that session)")
+    if model_a and model_b and model_a != model_b:  # a name, not the weights: one model may go by a hub id and a path
+        warnings.warn(f"{what} name different models ({model_a!r} and {model_b!r}): if they are not the same weights, "
+                      "layer and neuron numbers mean different neurons", stacklevel=3)
+
+
 # --- the index ------------------------------------------------------------------------
 class NeuronIndex:
     """What a collection found, per neuron: statistics, top samples with their maps, exemplars."""
@@ -323,14 +347,16 @@ class NeuronIndex:
         )
 
     def _check_layer(self, layer: int) -> int:
+        layer = whole_number(layer, "layer")
         if layer not in self.manifest["layers"]:
             raise IndexError(f"layer {layer} is not in this index; its layers are {self.layers}")
         return layer
 
     def _check_neuron(self, neuron: int) -> int:
-        if not 0 <= int(neuron) < self.n_neurons:
+        neuron = whole_number(neuron, "neuron")
+        if not 0 <= neuron < self.n_neurons:
             raise IndexError(f"neuron {neuron} is out of range: this index has neurons 0..{self.n_neurons - 1} per layer")
-        return int(neuron)
+        return neuron
 
     # --- statistics ----------------------------------------------------------------
     def stats(self, layer: int | None = None) -> pd.DataFrame:

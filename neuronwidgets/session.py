@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from neuronwidgets.adapters import adapter_for
+from neuronwidgets.checks import whole_number
 from neuronwidgets.adapters.base import check_site
 from neuronwidgets.inputs import load_image
 from neuronwidgets.trace import Trace
@@ -176,11 +177,11 @@ class Session:
         n = self.n_layers
         if layers is None:
             return list(range(n))
-        if isinstance(layers, (int, np.integer)):
-            layers = [int(layers)]
+        if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+            layers = [layers]  # one layer (a str is refused below, not read character by character)
         out = []
         for layer in layers:
-            layer = int(layer)
+            layer = whole_number(layer, "a layer")
             if layer < 0:
                 layer += n
             if not 0 <= layer < n:

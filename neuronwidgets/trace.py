@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from neuronwidgets.checks import whole_number
+
 
 @dataclass
 class Trace:
@@ -31,6 +33,7 @@ class Trace:
 
     # --- lookups ---------------------------------------------------------------
     def _layer_slot(self, layer: int) -> int:
+        layer = whole_number(layer, "layer")
         if layer not in self.layers:
             raise IndexError(
                 f"layer {layer} was not recorded in this trace; recorded layers: {_ranges(self.layers)}. "
@@ -39,9 +42,10 @@ class Trace:
         return self.layers.index(layer)
 
     def _check_neuron(self, neuron: int) -> int:
+        neuron = whole_number(neuron, "neuron")
         if not 0 <= neuron < self.n_neurons:
             raise IndexError(f"neuron {neuron} is out of range: this model has neurons 0..{self.n_neurons - 1} per layer")
-        return int(neuron)
+        return neuron
 
     def activations(self, layer: int) -> np.ndarray:
         """All neurons of `layer` on all tokens: float32 [tokens, neurons]."""

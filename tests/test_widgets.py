@@ -528,3 +528,49 @@ def test_explorer_frontend_neuron_pick_while_simulations_run(world):
             assert ex.card["header"]["neuron"] == 4
         finally:
             ex.close()
+
+
+def test_neurons_of_another_site_are_refused_and_another_model_name_warned(world):
+    """Layer 0 neuron 4 at site 'mlp_in' is another neuron than at 'act': mixing them would show wrong scales and scores."""
+    import copy
+    import dataclasses
+
+    from neuronwidgets.explain import ConceptSimulator, Explanation, score
+
+    session, index, data, table = world
+    other_site = copy.copy(index)
+    other_site.manifest = {**index.manifest, "site": "mlp_in"}
+    trace = session.trace(data[0].image, "USER: <image>\nWhat is the shape? ASSISTANT:", layers=[0])
+    for make in (lambda: W.PatchHeatmap(trace, 0, 4, index=other_site), lambda: W.TokenHeatmap(trace, 0, 4, index=other_site),
+                 lambda: W.PatchHeatmap(dataclasses.replace(trace, site="mlp_in"), 0, 4, index=index),
+                 lambda: W.NeuronExplorer(session, other_site, async_simulation=False)):
+        with pytest.raises(ValueError, match="site 'act' against site 'mlp_in'|site 'mlp_in' against site 'act'"):
+            make()
+    w = W.TokenHeatmap(trace, 0, 4, index=index)
+    with pytest.raises(ValueError, match="site"):
+        w.update(trace=dataclasses.replace(trace, site="mlp_in"))
+    assert w.trace is trace
+    exp = Explanation.from_row(table[(table.layer == 0) & (table.neuron == 4)].iloc[0].to_dict())
+    with pytest.raises(ValueError, match="held-out index record different neurons"):
+        score(exp, index, ConceptSimulator(data), holdout=other_site, baseline=False)
+    renamed = copy.copy(index)
+    renamed.manifest = {**index.manifest, "model": "another-model"}
+    with pytest.warns(UserWarning, match="different models"):
+        W.PatchHeatmap(trace, 0, 4, index=renamed)
+
+
+def test_heatmaps_refuse_a_layer_or_neuron_the_trace_lacks_and_keep_what_they_show(world):
+    session, index, data, table = world
+    trace = session.trace(data[0].image, "USER: <image>\nWhat is the shape? ASSISTANT:", layers=[0])
+    for cls in (W.PatchHeatmap, W.TokenHeatmap):
+        w = cls(trace, 0, 4)
+        values = w.values
+        for name, bad in (("neuron", 10_000), ("layer", 1)):
+            with pytest.raises(IndexError):
+                setattr(w, name, bad)
+        assert (w.layer, w.neuron, w.values) == (0, 4, values)
+        with pytest.raises(TypeError, match="whole number"):
+            cls(trace, 0, 1.5)
+    w = W.PatchHeatmap(trace, 0, 4)
+    with pytest.raises(traitlets.TraitError, match="patch number 0..15"):
+        w.selected = 16

@@ -21,6 +21,7 @@ from neuronwidgets.explain.baseline import pick_baseline
 from neuronwidgets.explain.data import dataset_of, is_index, sample_of
 from neuronwidgets.explain.explanation import Explanation
 from neuronwidgets.explain.simulator import SimulationParseError
+from neuronwidgets.index import check_same_neurons
 from neuronwidgets.records import ActivationRecord
 
 KINDS = ("top", "random", "all")
@@ -96,6 +97,8 @@ def _holdout_inputs(explanation: Explanation, index_or_inputs, holdout, n_top: i
     """(records, where their samples are) for scoring."""
     L, N = explanation.layer, explanation.neuron
     if holdout is not None and is_index(holdout):
+        if is_index(index_or_inputs):
+            check_same_neurons(index_or_inputs, holdout, "the index and the held-out index")
         top = holdout.records(L, N, "top")[:n_top]
         random = holdout.records(L, N, "random")[:n_random]
         return top + random, holdout

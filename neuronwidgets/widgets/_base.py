@@ -81,6 +81,15 @@ class NeuronWidget(anywidget.AnyWidget):
         return self.get_state()
 
 
+def check_trace_place(trace, name: str, value: int) -> int:
+    """For a trait validator: `value` if the layer or neuron (`name`) is in `trace`, else the trace's IndexError.
+
+    Checked before the trait changes, so a bad number leaves the widget as it was.
+    """
+    (trace._layer_slot if name == "layer" else trace._check_neuron)(value)
+    return value
+
+
 # --- payloads -----------------------------------------------------------------------------
 def finite(value) -> float | None:
     """A float, or None for what is missing, not a number or not finite (JSON has no NaN)."""

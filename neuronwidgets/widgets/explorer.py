@@ -14,6 +14,8 @@ import pandas as pd
 import traitlets as t
 from PIL import Image
 
+from neuronwidgets.checks import whole_number
+from neuronwidgets.index import check_same_neurons
 from neuronwidgets.widgets._base import NeuronWidget, f32, neuron_max, patch_top, png, scale_for, token_fields
 from neuronwidgets.widgets.card import card_state
 from neuronwidgets.widgets.colors import CMAPS
@@ -80,6 +82,8 @@ class NeuronExplorer(NeuronWidget):
     def __init__(self, session, index=None, *, dataset=None, simulator="auto", explanations=None, layer: int | None = None,
                  neuron: int | None = None, image=None, prompt: str | None = None, n_images: int = 8, k: int = 8,
                  async_simulation: bool = True, max_matches: int = 200, card_exemplars: int = 3):
+        if index is not None:
+            check_same_neurons(session, index, "the session and the index")
         self.session, self.index = session, index
         self.dataset = dataset if dataset is not None else getattr(index, "dataset", None)
         self._k, self._max_matches, self._card_k = int(k), int(max_matches), int(card_exemplars)
@@ -101,7 +105,8 @@ class NeuronExplorer(NeuronWidget):
             first = self._first_neuron(layers)
             layer = first[0] if layer is None else layer
             neuron = first[1] if neuron is None else neuron
-        if int(layer) not in layers:
+        layer, neuron = whole_number(layer, "layer"), whole_number(neuron, "neuron")
+        if layer not in layers:
             raise IndexError(f"layer {layer} is not available; layers: {layers}")
         if not 0 <= int(neuron) < n_neurons:
             raise IndexError(f"neuron {neuron} is out of range 0..{n_neurons - 1}")
@@ -526,7 +531,7 @@ class NeuronExplorer(NeuronWidget):
         return to_html(self, path, title=title, states={self: self._export_state(prompts, neurons)})
 
     def close(self) -> None:
-        if self._pool is not None:
+        if getattr(self, "_pool", None) is not None:  # None too when __init__ failed before making it
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
         super().close()

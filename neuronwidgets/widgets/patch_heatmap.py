@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import traitlets as t
 
-from neuronwidgets.widgets._base import NeuronWidget, f32, neuron_max, patch_top, png, scale_for
+from neuronwidgets.checks import whole_number
+from neuronwidgets.index import check_same_neurons
+from neuronwidgets.widgets._base import NeuronWidget, check_trace_place, f32, neuron_max, patch_top, png, scale_for
 from neuronwidgets.widgets.colors import CMAPS
 
 
@@ -42,16 +44,25 @@ class PatchHeatmap(NeuronWidget):
 
     def __init__(self, trace, layer: int, neuron: int, *, vmax: float | None = None, index=None, k: int = 8,
                  cmap: str = "diverging", opacity: float = 0.6, **kwargs):
-        if trace.image is None:
-            raise ValueError("this trace has no image; PatchHeatmap needs the image the trace was run on")
-        self.trace = trace
         self.index = index
+        self.trace = self._checked(trace)
         self._fixed_vmax = vmax
         self._k = int(k)
-        layer, neuron = int(layer), int(neuron)
+        layer, neuron = whole_number(layer, "layer"), whole_number(neuron, "neuron")
         super().__init__(layer=layer, neuron=neuron, cmap=cmap, opacity=opacity, image=png(trace.image),
                          **self._state(trace, layer, neuron, layer_changed=True), **kwargs)
         self.observe(self._redraw, names=["layer", "neuron"])
+
+    @t.validate("layer", "neuron")
+    def _valid_place(self, proposal):
+        return check_trace_place(self.trace, proposal["trait"].name, proposal["value"])
+
+    @t.validate("selected")
+    def _valid_selected(self, proposal):
+        rows, cols = self.trace.grid
+        if not -1 <= proposal["value"] < rows * cols:
+            raise t.TraitError(f"selected must be a patch number 0..{rows * cols - 1}, or -1 for none; got {proposal['value']}")
+        return proposal["value"]
 
     @t.validate("opacity")
     def _valid_opacity(self, proposal):
@@ -72,13 +83,23 @@ class PatchHeatmap(NeuronWidget):
     def update(self, trace=None, layer: int | None = None, neuron: int | None = None, *, _layer_changed: bool = True) -> None:
         """Show another trace, layer or neuron; every changed trait goes in one message."""
         new_trace = trace is not None and trace is not self.trace
-        self.trace = trace if trace is not None else self.trace
-        layer = self.layer if layer is None else int(layer)
-        neuron = self.neuron if neuron is None else int(neuron)
-        state = self._state(self.trace, layer, neuron, layer_changed=_layer_changed or new_trace or layer != self.layer)
+        trace = self._checked(trace) if new_trace else self.trace
+        layer = self.layer if layer is None else whole_number(layer, "layer")
+        neuron = self.neuron if neuron is None else whole_number(neuron, "neuron")
+        state = self._state(trace, layer, neuron, layer_changed=_layer_changed or new_trace or layer != self.layer)
         if new_trace:
-            state["image"] = png(self.trace.image)
+            state["image"] = png(trace.image)
+            if self.selected >= trace.grid[0] * trace.grid[1]:
+                state["selected"] = -1
+        self.trace = trace  # only now: a bad layer or neuron above leaves the widget as it was
         self._show(layer, neuron, state)
+
+    def _checked(self, trace):
+        if trace.image is None:
+            raise ValueError("this trace has no image; PatchHeatmap needs the image the trace was run on")
+        if self.index is not None:
+            check_same_neurons(trace, self.index, "the trace and the index")
+        return trace
 
     # --- what a click selects ----------------------------------------------------------------
     @property

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import traitlets as t
 
-from neuronwidgets.widgets._base import NeuronWidget, f32, neuron_max, scale_for, token_fields
+from neuronwidgets.checks import whole_number
+from neuronwidgets.index import check_same_neurons
+from neuronwidgets.widgets._base import NeuronWidget, check_trace_place, f32, neuron_max, scale_for, token_fields
 
 
 class TokenHeatmap(NeuronWidget):
@@ -33,11 +35,16 @@ class TokenHeatmap(NeuronWidget):
     expanded = t.Bool(False).tag(sync=True)
 
     def __init__(self, trace, layer: int, neuron: int, *, vmax: float | None = None, index=None, expanded: bool = False, **kwargs):
-        self.trace = trace
         self.index = index
+        self.trace = self._checked(trace)
         self._fixed_vmax = vmax
-        super().__init__(layer=int(layer), neuron=int(neuron), expanded=expanded, **self._state(trace, int(layer), int(neuron)), **kwargs)
+        layer, neuron = whole_number(layer, "layer"), whole_number(neuron, "neuron")
+        super().__init__(layer=layer, neuron=neuron, expanded=expanded, **self._state(trace, layer, neuron), **kwargs)
         self.observe(self._redraw, names=["layer", "neuron"])
+
+    @t.validate("layer", "neuron")
+    def _valid_place(self, proposal):
+        return check_trace_place(self.trace, proposal["trait"].name, proposal["value"])
 
     def _state(self, trace, layer: int, neuron: int) -> dict:
         values = trace.neuron(layer, neuron)
@@ -50,8 +57,14 @@ class TokenHeatmap(NeuronWidget):
 
     def update(self, trace=None, layer: int | None = None, neuron: int | None = None) -> None:
         """Show another trace, layer or neuron; every changed trait goes in one message."""
-        self.trace = trace if trace is not None else self.trace
-        layer = self.layer if layer is None else int(layer)
-        neuron = self.neuron if neuron is None else int(neuron)
-        state = self._state(self.trace, layer, neuron)
+        trace = self.trace if trace is None or trace is self.trace else self._checked(trace)
+        layer = self.layer if layer is None else whole_number(layer, "layer")
+        neuron = self.neuron if neuron is None else whole_number(neuron, "neuron")
+        state = self._state(trace, layer, neuron)
+        self.trace = trace  # only now: a bad layer or neuron above leaves the widget as it was
         self._show(layer, neuron, state)
+
+    def _checked(self, trace):
+        if self.index is not None:
+            check_same_neurons(trace, self.index, "the trace and the index")
+        return trace
