@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from neuronwidgets.checks import whole_number
 from neuronwidgets.records import discretize
 
 LABELS = ("visual", "text", "multi-modal", "unactivated")
@@ -52,7 +53,9 @@ def categorize(index, rule: str = "paper", *, top_n: int | None = None, visual_t
         raise ValueError(f"rule must be 'paper' or 'share', got {rule!r}")
     if min(visual_threshold, text_threshold) < 0:
         raise ValueError(f"thresholds are levels on the 0-10 scale, so 0 or more; got visual_threshold={visual_threshold}, text_threshold={text_threshold}")
-    top_n = min(top_n or index.top_k, index.top_k)
+    if top_n is not None and whole_number(top_n, "top_n") < 1:
+        raise ValueError(f"top_n is how many top samples per neuron to read, so 1 or more (None for all {index.top_k}); got {top_n}")
+    top_n = min(index.top_k if top_n is None else int(top_n), index.top_k)
     if visual_min_patches is None:
         visual_min_patches = paper_min_patches(int(index.manifest["n_patches"]))
     stats = index.stats()

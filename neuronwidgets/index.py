@@ -232,6 +232,11 @@ def read_layer(path: Path, layer: int) -> dict[str, np.ndarray]:
         raise IndexFormatError(f"{str(file)!r} is corrupt ({err})") from err
 
 
+def _check_modality(modality: str) -> None:
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
+
+
 def neurons_of(obj) -> tuple[str | None, str | None]:
     """(model, site) of a NeuronIndex, a Trace or a Session: whose neurons it holds (None where unknown)."""
     manifest = getattr(obj, "manifest", None)
@@ -303,8 +308,7 @@ class NeuronIndex:
         The categories read these, not the maps, so they cover all top_k samples whether or
         not their maps were kept. Computed on each call (int32), not cached.
         """
-        if modality not in MODALITIES:
-            raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
+        _check_modality(modality)
         return top_code_histograms(self._layer(layer), self.manifest, modality)
 
     # --- facts -----------------------------------------------------------------
@@ -383,8 +387,7 @@ class NeuronIndex:
 
     def histogram(self, layer: int, neuron: int, modality: str = "image") -> tuple[np.ndarray, np.ndarray]:
         """(edges, counts) over fixed bins; the first and last bins are open-ended."""
-        if modality not in MODALITIES:
-            raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
+        _check_modality(modality)
         edges = np.asarray(self.manifest.get("hist_edges", HIST_EDGES), np.float64)
         return edges, self._layer(layer)[f"hist_{modality}"][self._check_neuron(neuron)].astype(np.int64)
 
@@ -468,7 +471,14 @@ class NeuronIndex:
         })
 
     def exemplars(self, layer: int, neuron: int, modality: str | None = None, k: int | None = None) -> pd.DataFrame:
-        """Top tokens of the neuron: sample, sample_id, position, modality, row, col, token, activation (best first)."""
+        """Top tokens of the neuron: sample, sample_id, position, modality, row, col, token, activation (best first).
+
+        modality: 'image' or 'text' (default: both); k: at most this many (default: all kept).
+        """
+        if modality is not None:
+            _check_modality(modality)
+        if k is not None and whole_number(k, "k") < 0:
+            raise ValueError(f"k is how many exemplars to return, so 0 or more (None for all); got {k}")
         arrays = self._layer(layer)
         neuron = self._check_neuron(neuron)
         cols_ = self.grid[1]
@@ -488,7 +498,7 @@ class NeuronIndex:
         df = pd.concat(frames, ignore_index=True)
         df.insert(1, "sample_id", [self.sample_id(int(x)) for x in df["sample"]])
         df = df.sort_values(["activation", "sample", "position"], ascending=[False, True, True], kind="stable").reset_index(drop=True)
-        return df.head(k) if k else df
+        return df if k is None else df.head(int(k))
 
     # --- dataset ---------------------------------------------------------------------
     @property

@@ -58,3 +58,30 @@ def test_explain_all_table_is_read_by_the_index(indexes):
     assert isinstance(saved, pd.DataFrame) and len(saved) == len(some)
     exp = Explanation.from_row(saved.iloc[0].to_dict())
     assert exp.explainer == "concept" and exp.layer == layer
+
+
+def test_bad_arguments_are_clear_errors_not_odd_results(indexes):
+    data, index, heldout = indexes
+    for kw, message in (({"max_terms": 0}, "max_terms and beam"), ({"beam": 0}, "max_terms and beam"), ({"ops": ("XOR",)}, "'AND' and 'OR' only")):
+        with pytest.raises(ValueError, match=message):
+            ConceptExplainer(data, **kw)
+    assert ConceptExplainer(data, ops="and").ops == ("AND",)  # one op as a string, not its letters
+    with pytest.raises(ValueError, match="modality must be 'image' or 'text'"):
+        index.exemplars(0, 0, modality="images")
+    with pytest.raises(ValueError, match="0 or more"):
+        index.exemplars(0, 0, k=-2)
+    assert index.exemplars(0, 0, k=0).empty and len(index.exemplars(0, 0, k=2)) == 2
+    for top_n in (-1, 0):
+        with pytest.raises(ValueError, match="1 or more"):
+            index.categories(top_n=top_n)
+    with pytest.raises(TypeError, match="whole number"):
+        index.categories(top_n=2.5)
+
+
+def test_an_inactive_explanation_paints_nothing_and_scores_nan(indexes):
+    """Its text names no concept: read as one ('above' in 'never activates above 0') it scored a neuron that never fires."""
+    data, index, heldout = indexes
+    exp = Explanation(layer=0, neuron=0, category="inactive", text="inactive (never activates above 0)", explainer="concept")
+    sim = ConceptSimulator(heldout)
+    assert sim.formula(exp, {"above", "red"}) is None
+    assert np.isnan(score(exp, heldout, simulator=sim, holdout=heldout, baseline=False).score)

@@ -17,6 +17,7 @@ from collections import OrderedDict
 import numpy as np
 import pandas as pd
 
+from neuronwidgets.checks import whole_number
 from neuronwidgets.explain import formula as fm
 from neuronwidgets.explain.data import category_of, dataset_of, sample_of
 from neuronwidgets.explain.explanation import Explanation
@@ -71,10 +72,15 @@ class ConceptExplainer:
         self.data = data
         self.threshold = threshold
         self.mask_threshold = mask_threshold
-        self.max_terms = max_terms
-        self.beam = beam
+        if whole_number(max_terms, "max_terms") < 1 or whole_number(beam, "beam") < 1:
+            raise ValueError(f"max_terms and beam must be 1 or more, got max_terms={max_terms}, beam={beam}")
+        ops = tuple(o.upper() for o in ((ops,) if isinstance(ops, str) else ops))
+        if set(ops) - {"AND", "OR"}:
+            raise ValueError(f"ops combine concepts with 'AND' and 'OR' only, got {ops}")
+        self.max_terms = int(max_terms)
+        self.beam = int(beam)
         self.min_gain = min_gain
-        self.ops = tuple(o.upper() for o in ops)
+        self.ops = ops
         self.include_random = include_random
         self.category_rule = category_rule
         self.exclude = {fm.normalize(e) for e in exclude}
@@ -225,6 +231,8 @@ class ConceptSimulator:
     def formula(self, explanation: Explanation | str, vocabulary=None) -> fm.Formula | None:
         """The formula to paint: the explanation's concept; else its text, read as a formula if every
         term is in `vocabulary`, else as the OR of the vocabulary's words it mentions (None: nothing)."""
+        if isinstance(explanation, Explanation) and explanation.category == "inactive":
+            return None  # its text ("inactive (never activates above 0)") names no concept: nothing is painted
         if isinstance(explanation, Explanation) and explanation.concept:
             return fm.parse(explanation.concept)
         text = explanation.text if isinstance(explanation, Explanation) else str(explanation)
