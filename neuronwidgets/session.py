@@ -210,7 +210,7 @@ class Session:
             return [self.encode_batch([im], [p], [c])[0] for im, p, c in zip(pils, prompts, continuations)]
         enc = self.processor(images=pils, text=list(prompts), return_tensors="pt", padding=len(pils) > 1)
         real = enc["attention_mask"].bool()  # whichever side the tokenizer pads
-        texts = [i for i, c in enumerate(continuations) if isinstance(c, str)]
+        texts = [i for i, c in enumerate(continuations) if isinstance(c, str) and c.strip()]
         said = self.tokenizer([" " + continuations[i].strip() for i in texts], add_special_tokens=False)["input_ids"] if texts else []
         cont = dict(zip(texts, said))
         out = []
@@ -218,9 +218,21 @@ class Session:
             ids = enc["input_ids"][i][real[i]].tolist()
             n_prompt = len(ids)
             if c is not None:
-                ids = ids + (cont[i] if isinstance(c, str) else [int(t) for t in c])
+                ids = ids + self._checked_continuation(cont.get(i, []) if isinstance(c, str) else c)
             out.append(Encoded(ids, enc["pixel_values"][i], n_prompt))
         return out
+
+    def _checked_continuation(self, ids) -> list[int]:
+        """Continuation token ids, checked: in the model's vocabulary, and no image token (its image is the prompt's)."""
+        ids = [whole_number(t, "a continuation token id") for t in ids]
+        vocab = self.model.get_input_embeddings().num_embeddings
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"continuation token ids {bad[:5]} are outside the model's vocabulary 0..{vocab - 1}")
+        if self.adapter.image_token_id in ids:
+            raise ValueError(f"the continuation holds the image token ({self.adapter.image_placeholder!r}): an image goes in the prompt, "
+                             "once; the continuation is text the model reads after it")
+        return ids
 
     def token_table(self, enc: Encoded) -> pd.DataFrame:
         """One row per position: position, token_id, token, modality, part, row, col."""
@@ -280,6 +292,8 @@ class Session:
             prompts = [prompts] * len(images)
         if len(prompts) != len(images):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        if not len(images):
+            raise ValueError("no images given: trace_batch needs at least one image and prompt")
         continuations = continuations or [None] * len(images)
         layers = self.check_layers(layers)
         site = check_site(site or self.site)
@@ -310,6 +324,10 @@ class Session:
     @torch.inference_mode()
     def generate_ids(self, images: Sequence, prompts: Sequence[str], max_new_tokens: int = 48) -> list[list[int]]:
         """Greedy answers as token ids (no end-of-sequence, no padding), batched with left padding."""
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        if not len(images):
+            return []
         for p in prompts:
             self.check_prompt(p)
         pils = [load_image(im) for im in images]

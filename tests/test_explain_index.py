@@ -85,3 +85,11 @@ def test_an_inactive_explanation_paints_nothing_and_scores_nan(indexes):
     sim = ConceptSimulator(heldout)
     assert sim.formula(exp, {"above", "red"}) is None
     assert np.isnan(score(exp, heldout, simulator=sim, holdout=heldout, baseline=False).score)
+
+
+def test_an_index_without_maps_says_so_to_the_concept_explainer(tiny_session, indexes):
+    data = indexes[0]
+    bare = tiny_session.collect(data[:8], **{**KW, "map_k": 0, "random_k": 0})
+    layer, neuron = _busiest_visual(indexes[1])
+    with pytest.raises(ValueError, match="keeps no maps.*map_k"):
+        ConceptExplainer(data).explain(bare, layer, neuron, category="visual")

@@ -134,6 +134,29 @@ def test_bad_inputs_raise_clear_errors(tiny_session, rgb_image, tmp_path):
         tiny_session.trace(rgb_image, PROMPT, site="resid")
 
 
+def test_bad_numbers_and_continuations_raise_clear_errors(tiny_session, rgb_image):
+    for layers in ("12", [1.5], [None]):  # "12" was read as layers 1 and 2, 1.5 as 1
+        with pytest.raises(TypeError, match="a layer must be a whole number"):
+            tiny_session.trace(rgb_image, PROMPT, layers=layers)
+    trace = tiny_session.trace(rgb_image, PROMPT, layers=(0, 1.0))
+    assert trace.layers == [0, 1]
+    with pytest.raises(TypeError, match="neuron must be a whole number"):
+        trace.neuron(0, 1.5)
+    with pytest.raises(TypeError, match="layer must be a whole number"):
+        trace.activations("1")
+    assert np.array_equal(trace.neuron(np.int64(1), 2.0), trace.neuron(1, 2))
+    vocab = tiny_session.model.get_input_embeddings().num_embeddings
+    for ids in ([vocab], [-1]):
+        with pytest.raises(ValueError, match="outside the model's vocabulary"):
+            tiny_session.trace(rgb_image, PROMPT, continuation=ids)
+    with pytest.raises(ValueError, match="continuation holds the image token"):
+        tiny_session.trace(rgb_image, PROMPT, continuation="a <image> here")
+    assert (tiny_session.trace(rgb_image, PROMPT, continuation="").tokens["part"] == "continuation").sum() == 0
+    with pytest.raises(ValueError, match="no images given"):
+        tiny_session.trace_batch([], [])
+    assert tiny_session.generate_ids([], []) == []
+
+
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_encoding_a_batch_equals_encoding_one_input_at_a_time(tiny_session, padding_side):
     """encode_batch makes one processor call for the batch: the same ids and pixels as a call per input."""

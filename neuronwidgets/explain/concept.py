@@ -104,6 +104,9 @@ class ConceptExplainer:
     # --- the evidence: active patches / tokens and where each concept is present ------------------
     def _evidence(self, index, layer: int, neuron: int, modality: str):
         records = _records(index, layer, neuron, self.include_random)
+        if not records:
+            raise ValueError("the index keeps no maps to read concepts from (collected with map_k=0 and random_k=0): "
+                             "collect with map_k > 0, the maps of each neuron's top samples")
         vmax = index.neuron_max(layer, neuron)
         source = self.data if self.data is not None else index
         blocks: list[tuple[np.ndarray, dict[str, np.ndarray], int]] = []  # (active, {concept: present}, size) per modality
