@@ -43,6 +43,7 @@ def load_data(spec: str, images: str | None = None, limit: int | None = None, ca
 
 def cmd_collect(args) -> int:
     from neuronwidgets import distributed as dist
+    from neuronwidgets.collect import check_folder_for, run_manifest
     from neuronwidgets.index import NeuronIndex
 
     rank = dist.from_env()
@@ -65,13 +66,22 @@ def cmd_collect(args) -> int:
         index = session.collect(data, path=out, **kw)
         print(index)
         return 0
+    # The folder is checked as one process would check it: the same collection there is reused, another refused.
+    whole = run_manifest(session, data, session.check_layers(layers), list(range(len(data))), token_k=None,
+                         **{k: kw[k] for k in ("text", "top_k", "map_k", "random_k", "map_bits", "max_text_tokens", "batch_size", "seed")})
+    found = dist.on_main(rank, lambda: check_folder_for(out, whole, args.overwrite))
+    if found is not None and found.get("complete"):
+        if rank.is_main:
+            print(NeuronIndex.load(out))
+        dist.finish(rank)
+        return 0
     positions = dist.shard_positions(len(data), args.batch_size, rank)
     shard = out / "shards" / f"rank-{rank.rank:03d}-of-{rank.world:03d}"
     session.collect(data, path=shard, indices=positions, progress=True, **kw)
     dist.barrier(rank)
     if rank.is_main:
         shards = [NeuronIndex.load(out / "shards" / f"rank-{r:03d}-of-{rank.world:03d}") for r in range(rank.world)]
-        merged = NeuronIndex.merge(shards, out)
+        merged = NeuronIndex.merge(shards, out, overwrite=True)  # the folder was checked before the shards ran
         print(merged)
     dist.barrier(rank)
     dist.finish(rank)
@@ -81,7 +91,7 @@ def cmd_collect(args) -> int:
 def cmd_merge(args) -> int:
     from neuronwidgets.index import NeuronIndex
 
-    merged = NeuronIndex.merge([NeuronIndex.load(p) for p in args.indexes], args.out)
+    merged = NeuronIndex.merge([NeuronIndex.load(p) for p in args.indexes], args.out, overwrite=args.overwrite)
     print(merged)
     return 0
 
@@ -182,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merge", help="merge index folders of disjoint shards")
     m.add_argument("indexes", nargs="+")
     m.add_argument("--out", required=True)
+    m.add_argument("--overwrite", action="store_true", help="replace another index (or other files) in --out")
     m.set_defaults(func=cmd_merge)
     i = sub.add_parser("info", help="summarise an index folder")
     i.add_argument("index")

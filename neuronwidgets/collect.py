@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from neuronwidgets.datasets.convert import as_samples
 from neuronwidgets.histogram import HIST_EDGES
-from neuronwidgets.index import FORMAT_VERSION, MANIFEST, IndexFormatError, NeuronIndex, RandomSet, random_key, state_to_arrays, write_index
+from neuronwidgets.index import (FORMAT_VERSION, MANIFEST, IndexFormatError, NeuronIndex, RandomSet, finish_interrupted_write, random_key,
+                                 holds_other_files, read_json_object, read_table, set_aside_explanations, state_to_arrays, write_index)
 from neuronwidgets.reduce import LayerState
 from neuronwidgets.reducer import BatchReducer
 from neuronwidgets.session import token_texts
@@ -32,7 +33,9 @@ from neuronwidgets.session import token_texts
 TEXT_SOURCES = ("generate", "caption", "prompt")
 #: Manifest keys that must match for a folder to be resumed or reused.
 RUN_KEYS = ("model", "site", "layers", "n_neurons", "grid", "text", "top_k", "token_k", "random_k", "map_k", "map_bits",
-            "max_text_tokens", "batch_size", "seed", "dataset", "positions", "hist_edges")
+            "max_text_tokens", "batch_size", "seed", "dataset", "positions", "hist_edges", "prompts")
+#: Run keys that folders written before them lack (such a folder is taken as matching).
+LENIENT_KEYS = ("prompts",)
 
 
 def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int = 50, token_k: int | None = None,
@@ -77,29 +80,8 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
     if not positions:
         raise ValueError("indices is empty: nothing to collect" if indices is not None else "the dataset is empty: nothing to collect")
     rows, cols = session.grid
-    fingerprint = getattr(samples, "fingerprint", "samples")
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "model": session.name,
-        "site": session.site,
-        "layers": layers,
-        "n_neurons": session.n_neurons,
-        "grid": [rows, cols],
-        "n_patches": rows * cols,
-        "text": text,
-        "top_k": top_k,
-        "map_k": top_k if map_k is None else min(map_k, top_k),
-        "token_k": token_k or top_k,
-        "random_k": random_k,
-        "map_bits": map_bits,
-        "max_text_tokens": max_text_tokens,
-        "batch_size": batch_size,
-        "seed": seed,
-        "hist_edges": HIST_EDGES.tolist(),
-        "dataset": {"fingerprint": fingerprint, "spec": _spec_of(samples), "size": len(samples)},
-        "positions": hashlib.sha1(json.dumps(positions).encode()).hexdigest(),
-        "n_positions": len(positions),
-    }
+    manifest = run_manifest(session, samples, layers, positions, text=text, top_k=top_k, map_k=map_k, token_k=token_k,
+                            random_k=random_k, map_bits=map_bits, max_text_tokens=max_text_tokens, batch_size=batch_size, seed=seed)
     batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
     device = session.device
     state = {layer: LayerState(session.n_neurons, rows * cols, max_text_tokens, top_k, manifest["token_k"], random_k, map_bits, device) for layer in layers}
@@ -107,29 +89,17 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
     sample_rows: list[dict] = []
     start = 0
     path = Path(path).expanduser() if path is not None else None
-    if path is not None and (path / MANIFEST).exists():
-        found = json.loads((path / MANIFEST).read_text())
-        if found.get("format_version") != FORMAT_VERSION and not overwrite:
-            raise IndexFormatError(
-                f"{str(path)!r} holds an index in format version {found.get('format_version')!r}; this neuronwidgets "
-                f"writes version {FORMAT_VERSION}: pass overwrite=True to collect it again, or choose another path"
-            )
-        same = all(found.get(k) == manifest[k] for k in RUN_KEYS) and found.get("format_version") == FORMAT_VERSION
-        if not same and not overwrite:
-            diff = [k for k in RUN_KEYS if found.get(k) != manifest[k]]
-            raise IndexFormatError(
-                f"{str(path)!r} holds a different collection (differs in: {', '.join(diff)}); "
-                "choose another path, or pass overwrite=True to replace it"
-            )
-        if same and found.get("complete"):
+    if path is not None:
+        found = check_folder_for(path, manifest, overwrite)
+        if found is not None and found.get("complete"):
             return NeuronIndex.load(path, dataset=samples)
-        if same:
-            old = NeuronIndex(path, found, pd.read_parquet(path / "samples.parquet"), pd.read_parquet(path / "stats.parquet"))
+        if found is not None:
+            old = NeuronIndex(path, found, read_table(path / "samples.parquet"), read_table(path / "stats.parquet"))
             state = old.to_state(device)
             # Saved random records are in canonical (hash) order, in slots 0, 1, ...
             random = RandomSet(random_k, seed, [(random_key(seed, s), s, i) for i, s in enumerate(found["random_samples"])])
             sample_rows = old.samples.to_dict("records")
-            start = int(found["next_batch"])
+            start = found["next_batch"]
 
     reducer = BatchReducer(state, batch_size)
     clock = _CheckpointClock(checkpoint_every)
@@ -313,6 +283,95 @@ def _positions(session, encoded, text: str, max_text: int):
         valid[i, : len(tp)] = True
         kept.append(tp)
     return image_pos, kept, text_pos, valid
+
+
+def run_manifest(session, samples, layers: list[int], positions: list[int], *, text: str, top_k: int, map_k: int | None,
+                 token_k: int | None, random_k: int, map_bits: int, max_text_tokens: int, batch_size: int, seed: int) -> dict:
+    """What identifies a collection: the manifest `collect` writes, but for its progress and random samples."""
+    rows, cols = session.grid
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": session.name,
+        "site": session.site,
+        "layers": layers,
+        "n_neurons": session.n_neurons,
+        "grid": [rows, cols],
+        "n_patches": rows * cols,
+        "text": text,
+        "top_k": top_k,
+        "map_k": top_k if map_k is None else min(map_k, top_k),
+        "token_k": token_k or top_k,
+        "random_k": random_k,
+        "map_bits": map_bits,
+        "max_text_tokens": max_text_tokens,
+        "batch_size": batch_size,
+        "seed": seed,
+        "hist_edges": HIST_EDGES.tolist(),
+        "dataset": {"fingerprint": getattr(samples, "fingerprint", "samples"), "spec": _spec_of(samples), "size": len(samples)},
+        "positions": hashlib.sha1(json.dumps(positions).encode()).hexdigest(),
+        "n_positions": len(positions),
+        "prompts": prompts_digest(samples),
+    }
+
+
+def check_folder_for(path: Path, manifest: dict, overwrite: bool) -> dict | None:
+    """Before writing the collection `manifest` to `path`: the folder's own manifest when it holds this collection
+    (None: a new or empty folder, or overwrite); another collection, or files that are not an index, are refused."""
+    found = _existing_collection(path, overwrite)
+    if found is not None and not overwrite:
+        _check_same_run(path, found, manifest)
+        return found
+    if found is not None and _run_differences(found, manifest):
+        set_aside_explanations(path)
+    return None
+
+
+def prompts_digest(samples) -> str:
+    """A digest of every sample's prompt, in order: the prompt shapes every activation, and a dataset's
+    fingerprint does not cover prompts set on its samples (the command line's --prompt)."""
+    digest = hashlib.sha1()
+    for sample in samples:
+        digest.update(str(sample.prompt).encode() + b"\0")
+    return digest.hexdigest()
+
+
+_OVERWRITE = "pass overwrite=True (--overwrite on the command line)"
+
+
+def _existing_collection(path: Path, overwrite: bool) -> dict | None:
+    """The manifest of the index (finished or not) at `path`; None for a new or empty folder.
+
+    A folder with files but no index is refused (collecting would replace its layers/ folder) unless overwrite.
+    """
+    finish_interrupted_write(path)  # a checkpoint whose write was killed: finish or drop it first
+    file = path / MANIFEST
+    if not file.exists():
+        if holds_other_files(path) and not overwrite:
+            raise IndexFormatError(f"{str(path)!r} holds files but no NeuronIndex (no {MANIFEST}): choose a new or empty "
+                                   f"folder, or {_OVERWRITE} to write an index into it")
+        return None
+    found = read_json_object(file)
+    if overwrite:
+        return found
+    if found.get("format_version") != FORMAT_VERSION:
+        raise IndexFormatError(f"{str(path)!r} holds an index in format version {found.get('format_version')!r}; this "
+                               f"neuronwidgets writes version {FORMAT_VERSION}: {_OVERWRITE} to collect it again, or choose another path")
+    if not found.get("complete") and not isinstance(found.get("next_batch"), int):
+        raise IndexFormatError(f"{str(file)!r} describes an unfinished collection but not where it stopped (no next_batch): "
+                               f"the checkpoint is damaged; {_OVERWRITE} to start again")
+    return found
+
+
+def _run_differences(found: dict, manifest: dict) -> list[str]:
+    return [k for k in RUN_KEYS if found.get(k) != manifest[k] and not (k in LENIENT_KEYS and k not in found)]
+
+
+def _check_same_run(path: Path, found: dict, manifest: dict) -> None:
+    """Refuse to resume or reuse a folder collected with other arguments, naming what differs."""
+    diff = _run_differences(found, manifest)
+    if diff:
+        raise IndexFormatError(f"{str(path)!r} holds a different collection (differs in: {', '.join(diff)}); "
+                               f"choose another path, or {_OVERWRITE} to replace it")
 
 
 def _spec_of(samples) -> str | None:

@@ -63,6 +63,26 @@ def check_agreement(rank: Rank, settings: dict) -> None:
         raise RuntimeError("ranks disagree on model or arguments: " + "; ".join(diffs))
 
 
+def on_main(rank: Rank, fn):
+    """fn() run by the main rank alone (it may write files); every rank gets its result or raises its error,
+    so no rank waits at a barrier for one that failed."""
+    if rank.world == 1:
+        return fn()
+    import torch.distributed as dist
+
+    box = [None]
+    if rank.is_main:
+        try:
+            box[0] = ("ok", fn())
+        except Exception as err:  # handed to every rank, raised there
+            box[0] = ("error", err)
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
+
+
 def settings_digest(settings: dict) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

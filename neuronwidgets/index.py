@@ -163,11 +163,13 @@ def arrays_to_state(arrays: dict[str, np.ndarray], stats: pd.DataFrame, m: dict,
 
 
 def write_index(path: Path, manifest: dict, layers: dict[int, LayerState], samples: pd.DataFrame, random: RandomSet) -> None:
-    """Write a whole index folder; files go to a temporary folder first and are then moved in place."""
+    """Write a whole index folder: into a temporary folder first, then moved in place, the manifest last.
+
+    A kill at any point leaves the old index, the new one, or a move to finish (`finish_interrupted_write`).
+    """
     path = Path(path).expanduser()
-    tmp = path.with_name(path.name + ".writing")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    finish_interrupted_write(path)
+    tmp = _writing(path)
     (tmp / "layers").mkdir(parents=True)
     canon = random.canonical()
     manifest = dict(manifest)
@@ -183,37 +185,96 @@ def write_index(path: Path, manifest: dict, layers: dict[int, LayerState], sampl
         stats_frames.append(pd.DataFrame({"layer": layer, "neuron": np.arange(state.n), **stats}))
     pd.concat(stats_frames, ignore_index=True).to_parquet(tmp / "stats.parquet", index=False)
     samples.sort_values("sample").reset_index(drop=True).to_parquet(tmp / "samples.parquet", index=False)
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    # Replace the old folder's files (keeping unrelated files such as explanations.parquet).
+    (tmp / (MANIFEST + ".part")).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    (tmp / (MANIFEST + ".part")).replace(tmp / MANIFEST)  # from here on the temporary folder is a whole index
+    finish_interrupted_write(path)
+
+
+EXPLANATIONS = "explanations.parquet"
+
+
+def set_aside_explanations(path: Path) -> None:
+    """Move the explanations table of an index that is being replaced by another collection out of the way (with a warning).
+
+    Its rows explain the old index's neurons; left in place, `explain` would skip every neuron as done.
+    """
+    table = Path(path) / EXPLANATIONS
+    if table.exists():
+        aside = table.with_name("explanations.replaced.parquet")
+        table.replace(aside)
+        warnings.warn(f"{str(table)!r} explained the index being replaced: moved to {aside.name!r} (explain the new index again)",
+                      stacklevel=3)
+
+
+def holds_other_files(path: Path) -> bool:
+    """Whether a folder without a manifest holds anything an index may not replace (a torchrun job's shards/ is its own)."""
+    return Path(path).is_dir() and any(p.name != "shards" for p in Path(path).iterdir())
+
+
+def _writing(path: Path) -> Path:
+    return path.with_name(path.name + ".writing")
+
+
+def finish_interrupted_write(path: Path) -> None:
+    """Bring `path` to one whole index after a write was killed: finish moving a complete new one in, or drop a partial one.
+
+    The new index's files are moved over the old ones' (files of other kinds, such as
+    explanations.parquet, stay), the manifest last: until it moves, `path`'s manifest is the
+    old one and the rest may be new, so the move is finished before anything reads `path`.
+    """
+    tmp = _writing(Path(path).expanduser())
+    if not tmp.exists():
+        return
+    if not (tmp / MANIFEST).exists():  # killed while writing it: the old index was not touched
+        shutil.rmtree(tmp)
+        return
     path.mkdir(parents=True, exist_ok=True)
-    if (path / "layers").exists():
-        shutil.rmtree(path / "layers")
-    for item in tmp.iterdir():
-        item.replace(path / item.name)
+    for item in sorted(tmp.iterdir(), key=lambda p: p.name == MANIFEST):  # the manifest last
+        target = path / item.name
+        if item.is_dir() and target.exists():
+            shutil.rmtree(target)
+        item.replace(target)
     shutil.rmtree(tmp)
 
 
 def read_manifest(path: Path) -> dict:
     path = Path(path).expanduser()
+    finish_interrupted_write(path)
     file = path / MANIFEST
     if not path.is_dir():
         raise IndexFormatError(f"{str(path)!r} is not a NeuronIndex folder (no such directory)")
     if not file.exists():
         raise IndexFormatError(f"{str(file)!r} is missing: {str(path)!r} is not a complete NeuronIndex folder")
-    try:
-        manifest = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise IndexFormatError(f"{str(file)!r} is corrupt (not valid JSON: {err})") from err
+    manifest = read_json_object(file)
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise IndexFormatError(
             f"{str(file)!r} has format version {version!r}; this neuronwidgets reads version {FORMAT_VERSION}. "
             "Collect the index again with this version."
         )
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise IndexFormatError(f"{str(file)!r} is corrupt: it lacks {', '.join(missing)}")
     return manifest
 
 
-def _read_parquet(file: Path) -> pd.DataFrame:
+#: What every manifest holds (the readers rely on these).
+MANIFEST_KEYS = ("model", "site", "layers", "n_neurons", "grid", "n_patches", "text", "top_k", "token_k", "random_k", "map_k",
+                 "map_bits", "max_text_tokens", "dataset", "random_samples", "n_samples")
+
+
+def read_json_object(file: Path) -> dict:
+    """A manifest's JSON object; anything else (not JSON, a list, a folder) is an IndexFormatError naming the file."""
+    try:
+        value = json.loads(Path(file).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        raise IndexFormatError(f"{str(file)!r} is corrupt (not a readable JSON file: {err})") from err
+    if not isinstance(value, dict):
+        raise IndexFormatError(f"{str(file)!r} is corrupt (a JSON {type(value).__name__}, not the manifest's object)")
+    return value
+
+
+def read_table(file: Path) -> pd.DataFrame:
     if not file.exists():
         raise IndexFormatError(f"{str(file)!r} is missing from the index folder")
     try:
@@ -289,8 +350,8 @@ class NeuronIndex:
             raise IndexFormatError(f"{str(path / MANIFEST)!r} was collected from model {manifest.get('model')!r}, not {expect_model!r}")
         if expect_site is not None and manifest.get("site") != expect_site:
             raise IndexFormatError(f"{str(path / MANIFEST)!r} records neuron site {manifest.get('site')!r}, not {expect_site!r}")
-        samples = _read_parquet(path / "samples.parquet")
-        stats = _read_parquet(path / "stats.parquet")
+        samples = read_table(path / "samples.parquet")
+        stats = read_table(path / "stats.parquet")
         for layer in manifest["layers"]:
             if not _layer_file(path, layer).exists():
                 raise IndexFormatError(f"{str(_layer_file(path, layer))!r} is missing from the index folder")
@@ -549,17 +610,17 @@ class NeuronIndex:
 
     # --- explanations written by explain_all ------------------------------------------------
     def explanations(self) -> pd.DataFrame | None:
-        if self.path is None or not (self.path / "explanations.parquet").exists():
+        if self.path is None or not (self.path / EXPLANATIONS).exists():
             return None
-        return _read_parquet(self.path / "explanations.parquet")
+        return read_table(self.path / EXPLANATIONS)
 
     # --- merging -----------------------------------------------------------------------------
     @classmethod
-    def merge(cls, indexes: Sequence["NeuronIndex"], path: str | Path) -> "NeuronIndex":
-        """Merge indexes of disjoint parts of one dataset into exactly the index of one pass."""
+    def merge(cls, indexes: Sequence["NeuronIndex"], path: str | Path, overwrite: bool = False) -> "NeuronIndex":
+        """Merge indexes of disjoint parts of one dataset into exactly the index of one pass (another index at `path`: overwrite=True)."""
         from neuronwidgets.merge import merge_indexes
 
-        return merge_indexes(indexes, path)
+        return merge_indexes(indexes, path, overwrite=overwrite)
 
     def to_state(self, device="cpu") -> dict[int, LayerState]:
         out = {}

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from neuronwidgets.index import NeuronIndex, RandomSet, random_key, write_index
+from neuronwidgets.index import (MANIFEST, IndexFormatError, NeuronIndex, RandomSet, finish_interrupted_write, holds_other_files,
+                                 random_key, read_json_object, set_aside_explanations, write_index)
 
 #: Manifest keys that must agree for indexes to merge.
 MERGE_KEYS = ("format_version", "model", "site", "layers", "n_neurons", "grid", "n_patches", "text", "top_k", "token_k",
-              "random_k", "map_k", "map_bits", "max_text_tokens", "seed", "hist_edges")
+              "random_k", "map_k", "map_bits", "max_text_tokens", "seed", "hist_edges", "dataset", "prompts")
 
 
 def check_compatible(indexes: Sequence[NeuronIndex]) -> None:
@@ -30,11 +33,16 @@ def check_compatible(indexes: Sequence[NeuronIndex]) -> None:
         seen |= mine
 
 
-def merge_indexes(indexes: Sequence[NeuronIndex], path: str | Path) -> NeuronIndex:
+def merge_indexes(indexes: Sequence[NeuronIndex], path: str | Path, overwrite: bool = False) -> NeuronIndex:
+    """Merge indexes of disjoint shards of one dataset into `path`: exactly the index one pass over them writes.
+
+    A folder at `path` holding another index (or files that are not one) is refused unless overwrite.
+    """
     indexes = list(indexes)
     if not indexes:
         raise ValueError("nothing to merge")
     check_compatible(indexes)
+    path = Path(path).expanduser()
     m = indexes[0].manifest
     seed, k = m["seed"], m["random_k"]
     state = indexes[0].to_state()
@@ -48,10 +56,29 @@ def merge_indexes(indexes: Sequence[NeuronIndex], path: str | Path) -> NeuronInd
             state[layer].merge(other_state[layer], take)
         random = [(h, s, "self", slot) for slot, (h, s, _, _) in enumerate(random)]
     samples = pd.concat([i.samples for i in indexes], ignore_index=True)
-    manifest = {**m, "complete": True}
-    manifest["dataset"] = {**m["dataset"]}
-    manifest["merged_from"] = [str(i.path) if i.path else "memory" for i in indexes]
-    manifest["n_positions"] = int(sum(i.manifest.get("n_positions", i.n_samples) for i in indexes))
-    manifest.pop("positions", None)
-    write_index(Path(path), manifest, state, samples, RandomSet(k, seed, [(h, s, slot) for h, s, _, slot in random]))
+    # The manifest of one pass over the shards' samples, in ascending order (what collect(indices=...) records).
+    positions = sorted(int(s) for s in samples["sample"])
+    manifest = {**m, "complete": True, "dataset": {**m["dataset"]}, "n_positions": len(positions),
+                "positions": hashlib.sha1(json.dumps(positions).encode()).hexdigest(),
+                "next_batch": -(-len(positions) // m["batch_size"]) if m.get("batch_size") else m.get("next_batch")}
+    _check_target(path, manifest, overwrite)
+    write_index(path, manifest, state, samples, RandomSet(k, seed, [(h, s, slot) for h, s, _, slot in random]))
     return NeuronIndex.load(path, dataset=indexes[0]._dataset)
+
+
+def _check_target(path: Path, manifest: dict, overwrite: bool) -> None:
+    """Refuse to replace another index, or a folder of other files, at `path` (a rerun of the same merge may)."""
+    finish_interrupted_write(path)
+    if not path.is_dir():
+        return
+    if (path / MANIFEST).exists():
+        found = read_json_object(path / MANIFEST)
+        diff = [k for k in (*MERGE_KEYS, "positions") if found.get(k) != manifest.get(k)]
+        if diff and not overwrite:
+            raise IndexFormatError(f"{str(path)!r} holds another index (differs in: {', '.join(diff)}): choose another folder, "
+                                   "or pass overwrite=True (--overwrite on the command line) to replace it")
+        if diff:
+            set_aside_explanations(path)
+    elif not overwrite and holds_other_files(path):
+        raise IndexFormatError(f"{str(path)!r} holds files but no NeuronIndex (no {MANIFEST}): choose a new or empty folder, "
+                               "or pass overwrite=True (--overwrite on the command line) to write the index into it")

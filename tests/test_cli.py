@@ -91,6 +91,9 @@ def test_torchrun_two_ranks_equals_single_process_and_resumes(tmp_path, checkpoi
     run([*common, "--out", str(tmp_path / "single")])
     dist, single = NeuronIndex.load(tmp_path / "dist"), NeuronIndex.load(tmp_path / "single")
     assert_same(dist, single)
+    assert dist.manifest == single.manifest  # the manifest one process writes (positions, next_batch, nothing added)
+    again = run([*common, "--out", str(tmp_path / "dist"), "--top-k", "4"], torchrun=True, check=False)
+    assert again.returncode != 0 and "differs in: top_k" in again.stderr  # another collection: refused before any shard runs
     info = run(["info", str(tmp_path / "dist")])
     assert "11 samples" in info.stdout and "layer" in info.stdout
 

@@ -166,6 +166,59 @@ def test_resume_after_kill_gives_identical_index(tiny_session, data, one_pass, t
     assert again.manifest["format_version"] == 4
 
 
+@pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 5, 7, 9])  # each move of the first two checkpoints (manifest.part, layers, samples, stats, manifest)
+def test_a_kill_while_a_checkpoint_moves_in_resumes_exactly(tiny_session, data, one_pass, tmp_path, monkeypatch, kill_at):
+    """A checkpoint's files move in one by one: killed between two moves, the next run finishes the move, then resumes.
+
+    (Before, it resumed from new layers with the old manifest (batches counted twice) or the reverse, or found none.)
+    """
+    from pathlib import Path
+
+    path, real, calls = tmp_path / "killed", Path.replace, [0]
+
+    def replace(self, target):
+        calls[0] += 1
+        if calls[0] == kill_at:
+            raise KeyboardInterrupt("killed between two moves")
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_session.collect(data, path=path, map_bits=8, checkpoint_every=1, **KW)
+    monkeypatch.setattr(Path, "replace", real)
+    resumed = tiny_session.collect(data, path=path, map_bits=8, checkpoint_every=1, **KW)
+    assert_same_index(resumed, one_pass, exact=True)
+    assert not (tmp_path / "killed.writing").exists()
+
+
+def test_a_folder_is_replaced_only_when_asked_and_its_explanations_are_set_aside(tiny_session, data, tmp_path):
+    folder = tmp_path / "notes"
+    (folder / "layers").mkdir(parents=True)
+    (folder / "layers" / "mine.txt").write_text("precious")
+    with pytest.raises(IndexFormatError, match="holds files but no NeuronIndex"):
+        tiny_session.collect(data, path=folder, **KW)
+    assert (folder / "layers" / "mine.txt").exists()
+    path = tmp_path / "idx"
+    tiny_session.collect(data, path=path, **KW)
+    (path / "explanations.parquet").write_bytes(b"rows of the first index")
+    tiny_session.collect(data, path=path, **KW)  # the same collection again: the table still fits it
+    assert (path / "explanations.parquet").exists()
+    with pytest.warns(UserWarning, match="explained the index being replaced"):
+        tiny_session.collect(data, path=path, overwrite=True, **{**KW, "top_k": 3})
+    assert not (path / "explanations.parquet").exists() and (path / "explanations.replaced.parquet").exists()
+
+
+def test_prompts_are_part_of_what_a_collection_is(tiny_session, data, tmp_path):
+    """The dataset's fingerprint does not cover prompts set on its samples (the command line's --prompt)."""
+    path = tmp_path / "p"
+    tiny_session.collect(data, path=path, **KW)
+    other = make_data()
+    for s in other:
+        s.prompt = "USER: <image>\nHow many shapes are there? ASSISTANT:"
+    with pytest.raises(IndexFormatError, match="differs in: prompts"):
+        tiny_session.collect(other, path=path, **KW)
+
+
 def test_shards_merge_into_the_one_pass_index(tiny_session, data, one_pass, tmp_path):
     a = tiny_session.collect(data, path=tmp_path / "a", indices=range(0, 8), map_bits=8, **KW)
     b = tiny_session.collect(data, path=tmp_path / "b", indices=range(8, 13), map_bits=8, **KW)
@@ -176,6 +229,13 @@ def test_shards_merge_into_the_one_pass_index(tiny_session, data, one_pass, tmp_
     other = tiny_session.collect(data[:4], path=tmp_path / "c", **{**KW, "top_k": 3})
     with pytest.raises(ValueError, match="differ in top_k"):
         NeuronIndex.merge([a, other], path=tmp_path / "ac")
+    elsewhere = tiny_session.collect(make_data(14), path=tmp_path / "d", indices=range(8, 13), map_bits=8, **KW)
+    with pytest.raises(ValueError, match="differ in dataset"):  # positions 8-12 of another dataset
+        NeuronIndex.merge([a, elsewhere], path=tmp_path / "ad")
+    with pytest.raises(IndexFormatError, match="holds another index"):  # a merge never replaces another index unasked
+        NeuronIndex.merge([b, a], path=tmp_path / "c")
+    assert NeuronIndex.merge([b, a], path=tmp_path / "ab").manifest == merged.manifest  # the same merge again may
+    assert merged.manifest == {**one_pass.manifest, "map_bits": merged.manifest["map_bits"]}  # as one pass writes it
 
 
 def test_four_bit_maps_match_brute_force_and_resume_and_merge_exactly(tiny_session, data, one_pass, tmp_path):

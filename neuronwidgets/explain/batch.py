@@ -25,11 +25,12 @@ from tqdm.auto import tqdm
 from neuronwidgets.explain.data import categories, is_index
 from neuronwidgets.explain.explainer import ExplanationError
 from neuronwidgets.explain.explanation import Explanation
+from neuronwidgets.index import EXPLANATIONS
 from neuronwidgets.explain.scoring import NoHeldOutRecords, score
 from neuronwidgets.explain.simulator import SimulationParseError
 from neuronwidgets.llm.errors import LLMRequestError
 
-TABLE = "explanations.parquet"
+TABLE = EXPLANATIONS
 EXPLANATION_COLUMNS = ["layer", "neuron", "category", "text", "concept", "explainer", "model", "prompt_version", "explainer_settings",
                        "exemplars", "extra"]
 SCORE_COLUMNS = ["score", "score_top", "score_random", "baseline", "baseline_top", "baseline_random", "baseline_layer",
