@@ -93,3 +93,22 @@ def test_an_index_without_maps_says_so_to_the_concept_explainer(tiny_session, in
     layer, neuron = _busiest_visual(indexes[1])
     with pytest.raises(ValueError, match="keeps no maps.*map_k"):
         ConceptExplainer(data).explain(bare, layer, neuron, category="visual")
+
+
+def test_a_copy_of_the_index_is_no_hold_out_and_another_slice_is_scored_again(tiny_session, indexes, tmp_path):
+    import shutil
+
+    data, index, heldout = indexes
+    copy = tmp_path / "copy"
+    shutil.copytree(index.path, copy)
+    explainer, neurons = ConceptExplainer(data), [_busiest_visual(index)]
+    with pytest.raises(ValueError, match="holds 24 of the index's own samples"):
+        explain_all(index, neurons=neurons, explainer=explainer, simulator=ConceptSimulator(data), holdout=NeuronIndex.load(copy),
+                    path=tmp_path / "t.parquet", progress=False)
+    first_half = tiny_session.collect(data, indices=range(24, 30), **KW)
+    second_half = tiny_session.collect(data, indices=range(30, 36), **KW)  # the same dataset, other samples
+    kw = dict(neurons=neurons, explainer=explainer, simulator=ConceptSimulator(data), path=tmp_path / "t.parquet", progress=False)
+    a = explain_all(index, holdout=first_half, **kw)
+    b = explain_all(index, holdout=second_half, **kw)
+    assert a["held_out"].iloc[0] != b["held_out"].iloc[0]
+    assert set(b["held_out"]) == {explain_all(index, holdout=second_half, **kw)["held_out"].iloc[0]}

@@ -138,7 +138,7 @@ def explain_all(index, neurons=None, explainer=None, simulator=None, *, holdout=
             # Scored means the simulator column is set: a NaN score (a constant simulation) is a result too.
             # ... on the held-out records asked for now (else scored again; tables from before the column: kept).
             scoring = [k for k in todo if k in rows and _isnull(rows[k].get("error"))
-                       and (_isnull(rows[k].get("simulator")) or not _isnull(rows[k].get("held_out")) and rows[k]["held_out"] != held_out)]
+                       and (_isnull(rows[k].get("simulator")) or not _isnull(rows[k].get("held_out")) and not _same_held_out(rows[k]["held_out"], held_out))]
             bar.close()  # a bar of its own (a reset bar keeps its first start and shows negative rates)
             bar = tqdm(total=len(todo), initial=len(todo) - len(scoring), desc="score", unit="neuron",
                        disable=not progress or not scoring)
@@ -207,8 +207,16 @@ def _held_out_tag(holdout) -> str:
     if is_index(holdout):
         manifest = getattr(holdout, "manifest", {}) or {}
         fingerprint = (manifest.get("dataset") or {}).get("fingerprint")
-        return f"holdout:{fingerprint}:{manifest.get('n_samples')}" if fingerprint else f"holdout:{getattr(holdout, 'path', '?')}"
+        if not fingerprint:
+            return f"holdout:{getattr(holdout, 'path', '?')}"
+        which = manifest.get("positions")  # which samples of the dataset: another slice of it is another hold-out
+        return f"holdout:{fingerprint}:{manifest.get('n_samples')}" + (f":{which[:12]}" if which else "")
     return f"records:{len(list(holdout))}"
+
+
+def _same_held_out(stored: str, now: str) -> bool:
+    """Whether a row's held_out tag names the hold-out scored now (a tag from before positions were added names its dataset and size alone)."""
+    return stored == now or (stored.count(":") == 2 and now.startswith(stored + ":"))
 
 
 def _check_holdout(index, holdout, explainer, todo) -> None:
@@ -231,6 +239,10 @@ def _check_holdout(index, holdout, explainer, todo) -> None:
         return
     if holdout is index or (getattr(index, "path", None) is not None and getattr(holdout, "path", None) == index.path):
         raise ValueError(f"the held-out index is the index itself: its records are the ones the explainer read; {fix}")
+    shared = _shared_samples(index, holdout)
+    if shared:
+        raise ValueError(f"the held-out index holds {len(shared)} of the index's own samples (e.g. {sorted(shared)[:3]}): "
+                         f"scores on them would not be held out; {fix}")
     layers = getattr(holdout, "layers", None)  # a duck-typed index may not list them
     missing = sorted({layer for layer, _ in todo} - set(layers)) if layers is not None else []
     if missing:
@@ -240,6 +252,19 @@ def _check_holdout(index, holdout, explainer, todo) -> None:
         a, b = getattr(index, attr, None), getattr(holdout, attr, None)
         if a is not None and b is not None and a != b:
             raise ValueError(f"the held-out index's {attr} is {b!r} where the index's is {a!r}: it must come from the same model")
+
+
+def _shared_samples(index, holdout) -> set[str]:
+    """Ids of the samples both indexes hold when they were collected over one dataset (a copy of the index, an overlapping slice).
+
+    Indexes of different datasets share none, whatever their ids (two folders may both hold a 0001.jpg).
+    """
+    fingerprint = lambda i: ((getattr(i, "manifest", None) or {}).get("dataset") or {}).get("fingerprint")  # noqa: E731
+    a, b = getattr(index, "samples", None), getattr(holdout, "samples", None)
+    if fingerprint(index) is None or fingerprint(index) != fingerprint(holdout) or not isinstance(a, pd.DataFrame) or not isinstance(b, pd.DataFrame):
+        return set()
+    shared = set(a["sample"]) & set(b["sample"])  # positions in the one dataset
+    return set(a.loc[a["sample"].isin(shared), "sample_id"].astype(str))
 
 
 def _isnull(v) -> bool:
