@@ -315,15 +315,37 @@ def run_manifest(session, samples, layers: list[int], positions: list[int], *, t
 
 
 def check_folder_for(path: Path, manifest: dict, overwrite: bool) -> dict | None:
-    """Before writing the collection `manifest` to `path`: the folder's own manifest when it holds this collection
-    (None: a new or empty folder, or overwrite); another collection, or files that are not an index, are refused."""
-    found = _existing_collection(path, overwrite)
-    if found is not None and not overwrite:
-        _check_same_run(path, found, manifest)
+    """Before writing the collection `manifest` to `path`: the folder's manifest when it holds this collection
+    (finished: reused; unfinished: resumed), None for a new or empty folder. Another collection, or files that
+    are not an index, are refused unless overwrite (then the old index's explanations are set aside)."""
+    finish_interrupted_write(path)  # a checkpoint whose write was killed: finish or drop it first
+    file = path / MANIFEST
+    if not file.exists():
+        if holds_other_files(path) and not overwrite:
+            raise IndexFormatError(f"{str(path)!r} holds files but no NeuronIndex (no {MANIFEST}): choose a new or empty "
+                                   f"folder, or {_OVERWRITE} to write an index into it")
+        return None
+    found = read_json_object(file)
+    diff = _run_differences(found, manifest)
+    if not diff and (found.get("complete") or isinstance(found.get("next_batch"), int)):
         return found
-    if found is not None and _run_differences(found, manifest):
+    if not overwrite:
+        if found.get("format_version") != FORMAT_VERSION:
+            raise IndexFormatError(f"{str(path)!r} holds an index in format version {found.get('format_version')!r}; this "
+                                   f"neuronwidgets writes version {FORMAT_VERSION}: {_OVERWRITE} to collect it again, or choose another path")
+        if diff:
+            raise IndexFormatError(f"{str(path)!r} holds a different collection (differs in: {', '.join(diff)}); "
+                                   f"choose another path, or {_OVERWRITE} to replace it")
+        raise IndexFormatError(f"{str(file)!r} describes an unfinished collection but not where it stopped (no next_batch): "
+                               f"the checkpoint is damaged; {_OVERWRITE} to start again")
+    if diff:
         set_aside_explanations(path)
     return None
+
+
+def _run_differences(found: dict, manifest: dict) -> list[str]:
+    keys = ("format_version", *RUN_KEYS)
+    return [k for k in keys if found.get(k) != manifest[k] and not (k in LENIENT_KEYS and k not in found)]
 
 
 def prompts_digest(samples) -> str:
@@ -336,42 +358,6 @@ def prompts_digest(samples) -> str:
 
 
 _OVERWRITE = "pass overwrite=True (--overwrite on the command line)"
-
-
-def _existing_collection(path: Path, overwrite: bool) -> dict | None:
-    """The manifest of the index (finished or not) at `path`; None for a new or empty folder.
-
-    A folder with files but no index is refused (collecting would replace its layers/ folder) unless overwrite.
-    """
-    finish_interrupted_write(path)  # a checkpoint whose write was killed: finish or drop it first
-    file = path / MANIFEST
-    if not file.exists():
-        if holds_other_files(path) and not overwrite:
-            raise IndexFormatError(f"{str(path)!r} holds files but no NeuronIndex (no {MANIFEST}): choose a new or empty "
-                                   f"folder, or {_OVERWRITE} to write an index into it")
-        return None
-    found = read_json_object(file)
-    if overwrite:
-        return found
-    if found.get("format_version") != FORMAT_VERSION:
-        raise IndexFormatError(f"{str(path)!r} holds an index in format version {found.get('format_version')!r}; this "
-                               f"neuronwidgets writes version {FORMAT_VERSION}: {_OVERWRITE} to collect it again, or choose another path")
-    if not found.get("complete") and not isinstance(found.get("next_batch"), int):
-        raise IndexFormatError(f"{str(file)!r} describes an unfinished collection but not where it stopped (no next_batch): "
-                               f"the checkpoint is damaged; {_OVERWRITE} to start again")
-    return found
-
-
-def _run_differences(found: dict, manifest: dict) -> list[str]:
-    return [k for k in RUN_KEYS if found.get(k) != manifest[k] and not (k in LENIENT_KEYS and k not in found)]
-
-
-def _check_same_run(path: Path, found: dict, manifest: dict) -> None:
-    """Refuse to resume or reuse a folder collected with other arguments, naming what differs."""
-    diff = _run_differences(found, manifest)
-    if diff:
-        raise IndexFormatError(f"{str(path)!r} holds a different collection (differs in: {', '.join(diff)}); "
-                               f"choose another path, or {_OVERWRITE} to replace it")
 
 
 def _spec_of(samples) -> str | None:
