@@ -14,11 +14,15 @@ import json
 import sys
 from pathlib import Path
 
+from neuronwidgets.llm.errors import LLMRequestError
+
 
 def load_session(model: str, device: str | None, dtype: str | None, site: str, download: bool = False):
     from neuronwidgets.session import Session
 
     if model == "toy":
+        if device not in (None, "cpu") or dtype not in (None, "float32"):
+            raise ValueError("--device and --dtype are for a checkpoint (--model PATH or hub id): the toy runs on the CPU in float32")
         return Session.toy(site=site)
     return Session.from_pretrained(model, device=device, dtype=dtype, site=site, download=download)
 
@@ -29,16 +33,31 @@ def load_data(spec: str, images: str | None = None, limit: int | None = None, ca
     from neuronwidgets.datasets.folder import image_folder
     from neuronwidgets.datasets.spec import from_spec
 
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit is how many images to take, so 1 or more; got {limit}")
     path = Path(spec).expanduser()
-    if path.suffix == ".json" and path.is_file():
+    is_coco = path.suffix == ".json" and path.is_file()
+    if (images or captions) and not is_coco:
+        raise ValueError("--images and --captions go with a COCO annotation file as --data (a folder reads its own captions.json)")
+    if is_coco:
         data = coco(path, images=images, captions=captions)
     elif path.is_dir():
         data = image_folder(path)
     elif ":" in spec and spec.split(":", 1)[0] in ("shapes", "folder", "coco"):
         data = from_spec(spec)
     else:
-        raise SystemExit(f"--data {spec!r}: not a folder, a COCO .json file, or a spec like shapes:n=2000,seed=0")
+        raise ValueError(f"--data {spec!r}: not a folder, a COCO .json file, or a spec like shapes:n=2000,seed=0")
     return data[:limit] if limit else data
+
+
+def layer_list(text: str | None) -> list[int] | None:
+    """--layers "0,3,31" as [0, 3, 31] (None: all)."""
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--layers takes comma-separated layer numbers such as 0,3,31; got {text!r}") from None
 
 
 def cmd_collect(args) -> int:
@@ -54,7 +73,7 @@ def cmd_collect(args) -> int:
         session.check_prompt(args.prompt)
         for s in data:
             s.prompt = args.prompt
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    layers = layer_list(args.layers)
     kw = dict(layers=layers, top_k=args.top_k, random_k=args.random_k, map_k=args.map_k, batch_size=args.batch_size, text=args.text,
               max_text_tokens=args.max_text_tokens, seed=args.seed, overwrite=args.overwrite, map_bits=args.map_bits,
               checkpoint_every=args.checkpoint_every)
@@ -142,21 +161,39 @@ def cmd_explain(args) -> int:
 
         client = OpenAIClient(model=args.llm_model, base_url=args.base_url)
         explainer, simulator = Explainer(client), Simulator(client, scored_on)
+    if args.limit < 1:
+        raise ValueError(f"--limit is how many neurons to explain, so 1 or more; got {args.limit}")
     cats = index.categories()
     chosen = cats[cats.category != "inactive"]
-    if args.layers:
-        chosen = chosen[chosen.layer.isin([int(x) for x in args.layers.split(",")])]
+    layers = layer_list(args.layers)
+    if layers is not None:
+        absent = sorted(set(layers) - set(index.layers))
+        if absent:
+            raise ValueError(f"--layers {absent[0]} is not in the index; its layers are {index.layers}")
+        chosen = chosen[chosen.layer.isin(layers)]
     neurons = list(zip(chosen.layer, chosen.neuron))[: args.limit]
     table = explain_all(index, neurons=neurons, explainer=explainer, simulator=simulator, holdout=holdout)
     cols = [c for c in ("layer", "neuron", "category", "text", "score", "score_top", "score_random", "baseline", "error") if c in table]
     with pd.option_context("display.width", 160, "display.max_colwidth", 60):
         print(table[cols].head(20).to_string(index=False))
+    asked = table[table.set_index(["layer", "neuron"]).index.isin(neurons)]
+    failed = asked["error"].notna() if "error" in asked else pd.Series(False, index=asked.index)
+    if len(asked) and failed.all():  # nothing came out: say why, and exit as an error
+        print(f"neuronwidgets explain: error: every neuron failed, e.g. {asked['error'][failed].iloc[0]}", file=sys.stderr)
+        return 2
+    if failed.any():
+        print(f"{int(failed.sum())} of {len(asked)} neurons failed (see the error column; run the command again to retry them)")
     return 0
+
+
+DEMO_MIN_N = 24
 
 
 def cmd_demo(args) -> int:
     from neuronwidgets.demo import run_demo
 
+    if args.n < DEMO_MIN_N:
+        raise ValueError(f"--n must be at least {DEMO_MIN_N}: the demo collects five sixths of the images and holds the rest out")
     run_demo(Path(args.out), n=args.n)
     return 0
 
@@ -219,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, IndexError, TypeError, LLMRequestError) as err:  # what a user's arguments can cause
         print(f"neuronwidgets {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -181,11 +181,11 @@ class Session:
             layers = [layers]  # one layer (a str is refused below, not read character by character)
         out = []
         for layer in layers:
-            layer = whole_number(layer, "a layer")
-            if layer < 0:
+            given = layer = whole_number(layer, "a layer")
+            if layer < 0:  # counted from the last, as in Python: -1 is the last layer
                 layer += n
             if not 0 <= layer < n:
-                raise IndexError(f"layer {layer} is out of range: this model has layers 0..{n - 1}")
+                raise IndexError(f"layer {given} is out of range: this model has layers 0..{n - 1} (or -{n}..-1 from the last)")
             out.append(layer)
         if not out:
             raise ValueError(f"no layers given: pass layers=None for all {n}, or layer numbers in 0..{n - 1}")

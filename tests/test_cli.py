@@ -262,3 +262,40 @@ def test_explain_scores_concepts_with_and_without_a_held_out_index(tmp_path):
     assert table["held_out"].str.startswith("holdout:").all()
     bad = run(["explain", str(tmp_path / "index"), "--holdout", str(tmp_path / "index")], check=False)
     assert bad.returncode != 0 and "the index itself" in bad.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["collect", "--layers", "7"], "layer 7 is out of range: this model has layers 0..3"),
+    (["collect", "--layers", "-9"], "layer -9 is out of range"),
+    (["collect", "--layers", "a,b"], "--layers takes comma-separated layer numbers"),
+    (["collect", "--limit", "0"], "--limit is how many images to take, so 1 or more"),
+    (["collect", "--images", "/nowhere"], "--images and --captions go with a COCO annotation file"),
+    (["collect", "--device", "cuda"], "--device and --dtype are for a checkpoint"),
+    (["collect", "--data", "nope:x"], "not a folder, a COCO .json file"),
+])
+def test_bad_collect_arguments_are_one_line_errors(tmp_path, capsys, args, message):
+    from neuronwidgets.cli import main
+
+    base = {"--data": "shapes:n=8,seed=0", "--out": str(tmp_path / "x"), "--model": "toy"}
+    for flag, value in base.items():
+        if flag not in args:
+            args = [*args, flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "x").exists()
+
+
+def test_bad_explain_and_demo_arguments_and_an_llm_without_a_key_exit_2(tmp_path, capsys, monkeypatch):
+    from neuronwidgets.cli import main
+
+    assert main(["collect", "--model", "toy", "--data", "shapes:n=24,seed=0", "--text", "caption", "--top-k", "6", "--out", str(tmp_path / "i")]) == 0
+    for args, message in ((["--layers", "9"], "--layers 9 is not in the index"), (["--limit", "0"], "--limit is how many neurons")):
+        assert main(["explain", str(tmp_path / "i"), *args]) == 2
+        assert message in capsys.readouterr().err
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert main(["explain", str(tmp_path / "i"), "--explainer", "llm", "--limit", "2"]) == 2  # it wrote 2 rows of "no API key"
+    err = capsys.readouterr().err
+    assert "every neuron failed" in err and "no API key" in err
+    assert main(["demo", "--n", "1", "--out", str(tmp_path / "d")]) == 2
+    assert "--n must be at least 24" in capsys.readouterr().err
