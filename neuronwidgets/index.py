@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from neuronwidgets.checks import whole_number
@@ -283,14 +283,53 @@ def read_table(file: Path) -> pd.DataFrame:
         raise IndexFormatError(f"{str(file)!r} is corrupt ({type(err).__name__}: {err})") from err
 
 
-def read_layer(path: Path, layer: int) -> dict[str, np.ndarray]:
+def read_layer(path: Path, layer: int, manifest: dict | None = None) -> dict[str, np.ndarray]:
+    """One layer's arrays; with the folder's `manifest`, checked to be that layer's of that index (names, shapes)."""
     file = _layer_file(Path(path), layer)
     if not file.exists():
         raise IndexFormatError(f"{str(file)!r} is missing from the index folder")
     try:
-        return load_file(str(file))
+        with safe_open(str(file), "np") as f:
+            note = (f.metadata() or {}).get("neuronwidgets")
+        arrays = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as err:
         raise IndexFormatError(f"{str(file)!r} is corrupt ({err})") from err
+    if manifest is not None:
+        _check_layer_arrays(file, layer, note, arrays, manifest)
+    return arrays
+
+
+def _check_layer_arrays(file: Path, layer: int, note: str | None, arrays: dict[str, np.ndarray], manifest: dict) -> None:
+    """Refuse a layer file that parses but is not this index's layer (copied from another layer or index, or cut short)."""
+    try:
+        written = json.loads(note) if note else {}
+    except json.JSONDecodeError:
+        written = {}
+    if "layer" in written and written["layer"] != layer:
+        raise IndexFormatError(f"{str(file)!r} holds layer {written['layer']}, not layer {layer}: the file was copied or renamed")
+    n, k, t = manifest["n_neurons"], manifest["top_k"], manifest["token_k"]
+    m = min(manifest["map_k"], k)
+    want = {"top_value": (n, k), "top_sample": (n, k), "hist_image": (n, None), "hist_text": (n, None),
+            "top_image_codes": (n, m, None), "top_text_codes": (n, m, None), "random_value": (None, n)}
+    want.update({f"tok_{mod}_{what}": (n, t) for mod in MODALITIES for what in ("value", "sample", "pos")})
+    missing = sorted(set(want) - set(arrays))
+    if missing:
+        raise IndexFormatError(f"{str(file)!r} is corrupt: it lacks {', '.join(missing)}")
+    for name, shape in want.items():
+        got = arrays[name].shape
+        if len(got) != len(shape) or any(w is not None and g != w for g, w in zip(got, shape)):
+            expect = "x".join("?" if w is None else str(w) for w in shape)
+            raise IndexFormatError(f"{str(file)!r} does not fit its manifest: {name} is {'x'.join(map(str, got))}, "
+                                   f"the manifest means {expect} (a layer file of another index?)")
+
+
+def _checked_table(file: Path, table: pd.DataFrame, columns: Sequence[str], rows: int) -> pd.DataFrame:
+    """`table` if it has `columns` and `rows` rows, as the manifest says; else an IndexFormatError naming the file."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing or len(table) != rows:
+        what = f"it lacks the columns {', '.join(missing)}" if missing else f"it has {len(table)} rows, the manifest means {rows}"
+        raise IndexFormatError(f"{str(file)!r} does not fit its manifest: {what} (a file of another index?)")
+    return table
 
 
 def _check_modality(modality: str) -> None:
@@ -350,8 +389,10 @@ class NeuronIndex:
             raise IndexFormatError(f"{str(path / MANIFEST)!r} was collected from model {manifest.get('model')!r}, not {expect_model!r}")
         if expect_site is not None and manifest.get("site") != expect_site:
             raise IndexFormatError(f"{str(path / MANIFEST)!r} records neuron site {manifest.get('site')!r}, not {expect_site!r}")
-        samples = read_table(path / "samples.parquet")
-        stats = read_table(path / "stats.parquet")
+        samples = _checked_table(path / "samples.parquet", read_table(path / "samples.parquet"), ("sample", "sample_id"), manifest["n_samples"])
+        stat_columns = ("layer", "neuron", *(f"{m}_{s}" for m in MODALITIES for s in ("count", "sum", "sumsq", "max")))
+        stats = _checked_table(path / "stats.parquet", read_table(path / "stats.parquet"), stat_columns,
+                               len(manifest["layers"]) * manifest["n_neurons"])
         for layer in manifest["layers"]:
             if not _layer_file(path, layer).exists():
                 raise IndexFormatError(f"{str(_layer_file(path, layer))!r} is missing from the index folder")
@@ -360,7 +401,7 @@ class NeuronIndex:
     def _layer(self, layer: int) -> dict[str, np.ndarray]:
         self._check_layer(layer)
         if layer not in self._arrays:
-            self._arrays[layer] = read_layer(self.path, layer)
+            self._arrays[layer] = read_layer(self.path, layer, self.manifest)
         return self._arrays[layer]
 
     def top_code_histograms(self, layer: int, modality: str = "image") -> np.ndarray:

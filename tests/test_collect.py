@@ -305,6 +305,34 @@ def test_load_validates_folder(one_pass, tmp_path):
         NeuronIndex.load(tmp_path / "nothing")
 
 
+def test_load_refuses_files_that_parse_but_do_not_fit_the_manifest(tiny_session, data, one_pass, tmp_path):
+    """A layer file copied from another layer or another index, a table of another shape, a manifest missing keys."""
+    path = tmp_path / "copy"
+    shutil.copytree(one_pass.path, path)
+    layers = path / "layers"
+    shutil.copy(layers / "layer_000.safetensors", layers / "layer_001.safetensors")
+    with pytest.raises(IndexFormatError, match=r"layer_001\.safetensors' holds layer 0, not layer 1"):
+        NeuronIndex.load(path).records(1, 0)
+    other = tiny_session.collect(data[:8], path=tmp_path / "other", map_bits=8, **{**KW, "top_k": 3})
+    shutil.copy(other.path / "layers" / "layer_001.safetensors", layers / "layer_001.safetensors")
+    with pytest.raises(IndexFormatError, match=r"does not fit its manifest: top_value is 48x3, the manifest means 48x4"):
+        NeuronIndex.load(path).records(1, 0)
+    shutil.copy(path / "samples.parquet", path / "stats.parquet")
+    with pytest.raises(IndexFormatError, match=r"stats\.parquet' does not fit its manifest: it lacks the columns layer"):
+        NeuronIndex.load(path)
+    shutil.copy(other.path / "stats.parquet", path / "stats.parquet")
+    with pytest.raises(IndexFormatError, match=r"samples\.parquet' does not fit|stats\.parquet' does not fit"):
+        shutil.copy(other.path / "samples.parquet", path / "samples.parquet")
+        NeuronIndex.load(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "layers"}))
+    with pytest.raises(IndexFormatError, match="lacks layers"):
+        NeuronIndex.load(path)
+    (path / "manifest.json").write_text("[]")
+    with pytest.raises(IndexFormatError, match="a JSON list, not the manifest's object"):
+        NeuronIndex.load(path)
+
+
 def test_query_errors_name_the_valid_range(one_pass):
     with pytest.raises(IndexError, match=r"neuron 48 is out of range.*0..47"):
         one_pass.records(0, 48)
