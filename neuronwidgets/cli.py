@@ -36,7 +36,9 @@ def load_data(spec: str, images: str | None = None, limit: int | None = None, ca
     if limit is not None and limit < 1:
         raise ValueError(f"--limit is how many images to take, so 1 or more; got {limit}")
     path = Path(spec).expanduser()
-    is_coco = path.suffix == ".json" and path.is_file()
+    if path.suffix == ".json" and not path.is_file():
+        raise FileNotFoundError(f"--data {spec!r}: no such COCO annotation file")
+    is_coco = path.suffix == ".json"
     if (images or captions) and not is_coco:
         raise ValueError("--images and --captions go with a COCO annotation file as --data (a folder reads its own captions.json)")
     if is_coco:

@@ -25,17 +25,14 @@ from tqdm.auto import tqdm
 from neuronwidgets.datasets.convert import as_samples
 from neuronwidgets.histogram import HIST_EDGES
 from neuronwidgets.index import (FORMAT_VERSION, MANIFEST, IndexFormatError, NeuronIndex, RandomSet, finish_interrupted_write, random_key,
-                                 holds_other_files, read_json_object, read_table, set_aside_explanations, state_to_arrays, write_index)
+                                 collection_differences, holds_other_files, read_json_object, read_table, state_to_arrays,
+                                 write_index)
 from neuronwidgets.reduce import LayerState
 from neuronwidgets.reducer import BatchReducer
 from neuronwidgets.session import token_texts
 
 TEXT_SOURCES = ("generate", "caption", "prompt")
 #: Manifest keys that must match for a folder to be resumed or reused.
-RUN_KEYS = ("model", "site", "layers", "n_neurons", "grid", "text", "top_k", "token_k", "random_k", "map_k", "map_bits",
-            "max_text_tokens", "batch_size", "seed", "dataset", "positions", "hist_edges", "prompts")
-#: Run keys that folders written before them lack (such a folder is taken as matching).
-LENIENT_KEYS = ("prompts",)
 
 
 def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int = 50, token_k: int | None = None,
@@ -317,7 +314,7 @@ def run_manifest(session, samples, layers: list[int], positions: list[int], *, t
 def check_folder_for(path: Path, manifest: dict, overwrite: bool) -> dict | None:
     """Before writing the collection `manifest` to `path`: the folder's manifest when it holds this collection
     (finished: reused; unfinished: resumed), None for a new or empty folder. Another collection, or files that
-    are not an index, are refused unless overwrite (then the old index's explanations are set aside)."""
+    are not an index, are refused unless overwrite."""
     finish_interrupted_write(path)  # a checkpoint whose write was killed: finish or drop it first
     file = path / MANIFEST
     if not file.exists():
@@ -338,14 +335,11 @@ def check_folder_for(path: Path, manifest: dict, overwrite: bool) -> dict | None
                                    f"choose another path, or {_OVERWRITE} to replace it")
         raise IndexFormatError(f"{str(file)!r} describes an unfinished collection but not where it stopped (no next_batch): "
                                f"the checkpoint is damaged; {_OVERWRITE} to start again")
-    if diff:
-        set_aside_explanations(path)
-    return None
+    return None  # (the old index's explanations are set aside when the new one moves in: see finish_interrupted_write)
 
 
 def _run_differences(found: dict, manifest: dict) -> list[str]:
-    keys = ("format_version", *RUN_KEYS)
-    return [k for k in keys if found.get(k) != manifest[k] and not (k in LENIENT_KEYS and k not in found)]
+    return collection_differences(found, manifest)
 
 
 def prompts_digest(samples) -> str:

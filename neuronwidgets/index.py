@@ -193,17 +193,34 @@ def write_index(path: Path, manifest: dict, layers: dict[int, LayerState], sampl
 EXPLANATIONS = "explanations.parquet"
 
 
+#: What identifies a collection: an index folder holding the same values holds the same index.
+COLLECTION_KEYS = ("format_version", "model", "site", "layers", "n_neurons", "grid", "text", "top_k", "token_k", "random_k", "map_k",
+                   "map_bits", "max_text_tokens", "batch_size", "seed", "dataset", "positions", "hist_edges", "prompts")
+#: Keys that folders written by earlier versions may lack (a merge left out positions; prompts came later): taken as matching.
+LENIENT_KEYS = ("prompts", "positions")
+
+
+def collection_differences(found: dict, new: dict, keys: Sequence[str] = COLLECTION_KEYS) -> list[str]:
+    """The identifying keys in which two manifests differ (one a folder's, `found`)."""
+    return [k for k in keys if found.get(k) != new.get(k) and not (k in LENIENT_KEYS and k not in found)]
+
+
 def set_aside_explanations(path: Path) -> None:
-    """Move the explanations table of an index that is being replaced by another collection out of the way (with a warning).
+    """Move the explanations table of an index replaced by another collection out of the way (with a warning).
 
     Its rows explain the old index's neurons; left in place, `explain` would skip every neuron as done.
+    A table set aside before is kept: each gets a name of its own.
     """
     table = Path(path) / EXPLANATIONS
-    if table.exists():
-        aside = table.with_name("explanations.replaced.parquet")
-        table.replace(aside)
-        warnings.warn(f"{str(table)!r} explained the index being replaced: moved to {aside.name!r} (explain the new index again)",
-                      stacklevel=3)
+    if not table.exists():
+        return
+    aside, n = table.with_name("explanations.replaced.parquet"), 1
+    while aside.exists():
+        n += 1
+        aside = table.with_name(f"explanations.replaced-{n}.parquet")
+    table.replace(aside)
+    warnings.warn(f"{str(table)!r} explained the index being replaced: moved to {aside.name!r} (explain the new index again)",
+                  stacklevel=2)
 
 
 def holds_other_files(path: Path) -> bool:
@@ -212,6 +229,7 @@ def holds_other_files(path: Path) -> bool:
 
 
 def _writing(path: Path) -> Path:
+    path = Path(path).expanduser().absolute()  # '.' and '..' have no name of their own
     return path.with_name(path.name + ".writing")
 
 
@@ -229,6 +247,14 @@ def finish_interrupted_write(path: Path) -> None:
         shutil.rmtree(tmp)
         return
     path.mkdir(parents=True, exist_ok=True)
+    old = path / MANIFEST
+    if old.exists():
+        try:
+            replaced = collection_differences(read_json_object(old), read_json_object(tmp / MANIFEST))
+        except IndexFormatError:  # an unreadable old manifest: whatever it described is replaced
+            replaced = ["manifest"]
+        if replaced:
+            set_aside_explanations(path)  # a different index takes the folder: its explanations go with the old one
     for item in sorted(tmp.iterdir(), key=lambda p: p.name == MANIFEST):  # the manifest last
         target = path / item.name
         if item.is_dir() and target.exists():
@@ -239,7 +265,10 @@ def finish_interrupted_write(path: Path) -> None:
 
 def read_manifest(path: Path) -> dict:
     path = Path(path).expanduser()
-    finish_interrupted_write(path)
+    pending = _writing(path) / MANIFEST
+    if pending.exists():  # a write stopped (or is ending) part-way through its moves: the folder may mix two indexes
+        raise IndexFormatError(f"{str(path)!r} was being rewritten when that stopped (the new files wait in "
+                               f"{str(pending.parent)!r}): run the same collect or merge again to finish it")
     file = path / MANIFEST
     if not path.is_dir():
         raise IndexFormatError(f"{str(path)!r} is not a NeuronIndex folder (no such directory)")

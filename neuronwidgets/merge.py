@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from neuronwidgets.index import (MANIFEST, IndexFormatError, NeuronIndex, RandomSet, finish_interrupted_write, holds_other_files,
-                                 random_key, read_json_object, set_aside_explanations, write_index)
+from neuronwidgets.index import (MANIFEST, collection_differences, IndexFormatError, NeuronIndex, RandomSet, finish_interrupted_write, holds_other_files,
+                                 random_key, read_json_object, write_index)
 
 #: Manifest keys that must agree for indexes to merge.
 MERGE_KEYS = ("format_version", "model", "site", "layers", "n_neurons", "grid", "n_patches", "text", "top_k", "token_k",
@@ -72,13 +72,10 @@ def _check_target(path: Path, manifest: dict, overwrite: bool) -> None:
     if not path.is_dir():
         return
     if (path / MANIFEST).exists():
-        found = read_json_object(path / MANIFEST)
-        diff = [k for k in (*MERGE_KEYS, "positions") if found.get(k) != manifest.get(k)]
+        diff = collection_differences(read_json_object(path / MANIFEST), manifest, (*MERGE_KEYS, "positions"))
         if diff and not overwrite:
             raise IndexFormatError(f"{str(path)!r} holds another index (differs in: {', '.join(diff)}): choose another folder, "
                                    "or pass overwrite=True (--overwrite on the command line) to replace it")
-        if diff:
-            set_aside_explanations(path)
     elif not overwrite and holds_other_files(path):
         raise IndexFormatError(f"{str(path)!r} holds files but no NeuronIndex (no {MANIFEST}): choose a new or empty folder, "
                                "or pass overwrite=True (--overwrite on the command line) to write the index into it")

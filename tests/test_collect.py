@@ -203,9 +203,33 @@ def test_a_folder_is_replaced_only_when_asked_and_its_explanations_are_set_aside
     (path / "explanations.parquet").write_bytes(b"rows of the first index")
     tiny_session.collect(data, path=path, **KW)  # the same collection again: the table still fits it
     assert (path / "explanations.parquet").exists()
+    with pytest.raises(ValueError, match="top_k and token_k must be at least 1"):  # a replacement that fails keeps them
+        tiny_session.collect(data, path=path, overwrite=True, **{**KW, "top_k": 0})
+    assert (path / "explanations.parquet").exists()
     with pytest.warns(UserWarning, match="explained the index being replaced"):
         tiny_session.collect(data, path=path, overwrite=True, **{**KW, "top_k": 3})
     assert not (path / "explanations.parquet").exists() and (path / "explanations.replaced.parquet").exists()
+    (path / "explanations.parquet").write_bytes(b"rows of the second index")
+    with pytest.warns(UserWarning, match="explanations.replaced-2.parquet"):  # the first set aside is kept
+        tiny_session.collect(data, path=path, overwrite=True, **{**KW, "top_k": 2})
+    assert (path / "explanations.replaced.parquet").read_bytes() == b"rows of the first index"
+
+
+def test_readers_never_change_a_folder_and_dot_names_it(tiny_session, data, one_pass, tmp_path, monkeypatch):
+    """A reader (a notebook checking progress) must not finish, or delete, what a writer is doing; '.' is a folder too."""
+    path = tmp_path / "copy"
+    shutil.copytree(one_pass.path, path)
+    writing = tmp_path / "copy.writing"
+    (writing / "layers").mkdir(parents=True)  # a writer at work (no manifest yet): readers see the old index
+    assert NeuronIndex.load(path).n_samples == 13 and writing.exists()
+    shutil.copy(path / "manifest.json", writing / "manifest.json")  # moves under way: the folder may be mixed
+    with pytest.raises(IndexFormatError, match="was being rewritten when that stopped"):
+        NeuronIndex.load(path)
+    assert writing.exists()
+    shutil.rmtree(writing)
+    monkeypatch.chdir(path)
+    assert NeuronIndex.load(".").n_samples == 13
+    assert tiny_session.collect(data, path=".", map_bits=8, **KW).n_samples == 13  # the same collection, reused
 
 
 def test_prompts_are_part_of_what_a_collection_is(tiny_session, data, tmp_path):
@@ -870,3 +894,12 @@ def test_a_dataset_given_to_load_is_checked_like_attach(tiny_session, data, one_
     with pytest.raises(ValueError, match="fingerprint"):
         NeuronIndex.load(one_pass.path, dataset=other)
     assert NeuronIndex.load(one_pass.path, dataset=data).dataset is data
+
+
+def test_folders_of_earlier_versions_without_positions_or_prompts_still_match(one_pass):
+    """An earlier merge left `positions` out of its manifest, and `prompts` came later: such a folder is the same collection."""
+    from neuronwidgets.index import collection_differences
+
+    old = {k: v for k, v in one_pass.manifest.items() if k not in ("positions", "prompts")}
+    assert collection_differences(old, one_pass.manifest) == []
+    assert collection_differences({**old, "top_k": 9}, one_pass.manifest) == ["top_k"]

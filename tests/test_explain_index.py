@@ -112,3 +112,14 @@ def test_a_copy_of_the_index_is_no_hold_out_and_another_slice_is_scored_again(ti
     b = explain_all(index, holdout=second_half, **kw)
     assert a["held_out"].iloc[0] != b["held_out"].iloc[0]
     assert set(b["held_out"]) == {explain_all(index, holdout=second_half, **kw)["held_out"].iloc[0]}
+
+
+def test_scores_tagged_before_positions_were_named_are_kept(tiny_session, indexes, tmp_path):
+    """A table from the version before: its held_out tag names the dataset and size alone; it is not scored again."""
+    data, index, heldout = indexes
+    kw = dict(neurons=[_busiest_visual(index)], explainer=ConceptExplainer(data), simulator=ConceptSimulator(data),
+              path=tmp_path / "t.parquet", progress=False)
+    first = explain_all(index, holdout=heldout, **kw)
+    old_tag = first["held_out"].iloc[0].rsplit(":", 1)[0]
+    pd.DataFrame(first.assign(held_out=old_tag)).to_parquet(tmp_path / "t.parquet", index=False)
+    assert explain_all(index, holdout=heldout, **kw)["held_out"].iloc[0] == old_tag

@@ -183,3 +183,4 @@ def test_copies_leave_credentials_in_the_url_behind(tmp_path):
     assert SECRET.encode() not in pickle.dumps(client) and b"user" not in pickle.dumps(client)
     assert pickle.loads(pickle.dumps(client)).base_url == "https://proxy.example:8443/v1?api-version=2024-02-01"
     assert url_without_credentials("http://localhost:8000/v1") == "http://localhost:8000/v1"
+    assert url_without_credentials(f"http://u:{SECRET}@[::1]:8000/v1") == "http://[::1]:8000/v1"  # IPv6 keeps its brackets

@@ -216,7 +216,7 @@ def _held_out_tag(holdout) -> str:
 
 def _same_held_out(stored: str, now: str) -> bool:
     """Whether a row's held_out tag names the hold-out scored now (a tag from before positions were added names its dataset and size alone)."""
-    return stored == now or (stored.count(":") == 2 and now.startswith(stored + ":"))
+    return stored == now or (now.startswith("holdout:") and stored == now.rsplit(":", 1)[0])
 
 
 def _check_holdout(index, holdout, explainer, todo) -> None:

@@ -89,7 +89,7 @@ def url_without_credentials(url: str | None) -> str | None:
     if not url:
         return url
     parts = urlsplit(str(url))
-    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    host = parts.netloc.rpartition("@")[2]  # as written: an IPv6 host keeps its brackets
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _CREDENTIAL_NAME.search(k)]
     return urlunsplit((parts.scheme, host, parts.path, urlencode(query), parts.fragment))
 
