@@ -26,6 +26,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     finish_reason: str = "stop"
+    code: str | None = None  # an error's code, as OpenAI sends it ("insufficient_quota")
 
 
 def default_responder(body: dict[str, Any]) -> str:
@@ -79,7 +80,7 @@ class FakeLLMServer:
 
                         time.sleep(reply.delay)
                     if reply.status != 200:
-                        return self._send(reply.status, {"error": {"message": f"status {reply.status}", "type": "test"}}, reply.headers)
+                        return self._send(reply.status, {"error": {"message": f"status {reply.status}", "type": "test", "code": reply.code}}, reply.headers)
                     return self._send(200, completion(reply.text, body.get("model", ""), finish_reason=reply.finish_reason), reply.headers)
                 finally:
                     with server.lock:

@@ -13,7 +13,7 @@ from neuronwidgets.datasets.shapes import shapes
 from neuronwidgets.explain import Explainer, Explanation, SimulationParseError, Simulator, explain_all, parse_activations, score
 from neuronwidgets.explain.prompts import EXPLAIN_VERSION
 from neuronwidgets.llm import OpenAIClient
-from tests.llm_server import llm_server  # noqa: F401  (fixture)
+from tests.llm_server import Reply, llm_server  # noqa: F401  (fixture)
 from tests.test_explain import BLUE, RED, WORD, FakeIndex
 
 SECRET = "sk-test-SECRET-explain-9876543210"
@@ -227,3 +227,31 @@ def test_simulator_asks_for_room_for_a_large_grid(llm_server, tmp_path):
     assert llm_server.requests[-1]["max_tokens"] >= 4 * 576
     small = Simulator(client).simulate(Explanation(0, 0, text="red"), sample, "image", sample=sample, grid=(4, 4))
     assert small.shape == (16,) and llm_server.requests[-1]["max_tokens"] == 1024
+
+
+@pytest.mark.parametrize("reply, text", [
+    ("Explanation:\nred shapes", "red shapes"), ("```\nred shapes\n```", "red shapes"), ("**Explanation:** red shapes", "red shapes"),
+    ("This neuron responds to: red shapes", "red shapes"), ("'circle' and 'square'", "'circle' and 'square'"),
+    ("Sure! Here is my analysis of the neuron.\n\nred circles", "red circles"), ('"the word circle."', "the word circle"),
+    ("answers to questions", "answers to questions"), ("ok", "ok"),
+])
+def test_explanations_are_read_from_the_forms_models_wrap_them_in(reply, text):
+    from neuronwidgets.explain.prompts import clean_explanation
+
+    assert clean_explanation(reply) == text
+
+
+def test_an_unusable_explanation_is_not_kept_and_a_retry_asks_again(llm_server, world, tmp_path):
+    """Cut off, empty after cleaning, or an essay: an error for the row, and the cache forgets it (else every retry reads it back)."""
+    from neuronwidgets.explain import ExplanationError
+
+    _, index, _ = world
+    client = _client(llm_server, tmp_path)
+    for reply, problem in ((Reply(text="round shapes and the words nam", finish_reason="length"), "was cut off"),
+                           (Reply(text="```\n```"), "is empty"), (Reply(text="word " * 50), "is 50 words long")):
+        llm_server.script(reply)
+        with pytest.raises(ExplanationError, match=problem):
+            Explainer(client).explain(index, 0, RED)
+    llm_server.script(Reply(text="red shapes"))
+    assert Explainer(client).explain(index, 0, RED).text == "red shapes"  # asked again, not read from the cache
+    assert len(llm_server.requests) == 4

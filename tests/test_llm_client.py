@@ -184,3 +184,14 @@ def test_copies_leave_credentials_in_the_url_behind(tmp_path):
     assert pickle.loads(pickle.dumps(client)).base_url == "https://proxy.example:8443/v1?api-version=2024-02-01"
     assert url_without_credentials("http://localhost:8000/v1") == "http://localhost:8000/v1"
     assert url_without_credentials(f"http://u:{SECRET}@[::1]:8000/v1") == "http://[::1]:8000/v1"  # IPv6 keeps its brackets
+
+
+def test_408_is_retried_and_a_spent_quota_is_not(llm_server, tmp_path):
+    """As the openai SDK: 408 and 409 are worth another try; a 429 for insufficient_quota never gets better."""
+    llm_server.script(Reply(status=408), Reply(text="fine"))
+    client = _client(llm_server, tmp_path)
+    assert client.chat(_messages()).text == "fine" and client.usage.retries == 1
+    llm_server.script(Reply(status=429, code="insufficient_quota"))
+    with pytest.raises(LLMRequestError, match=r"refused: RateLimitError \(HTTP 429\), insufficient_quota"):
+        client.chat(_messages("another question"))
+    assert client.usage.retries == 1  # not retried

@@ -20,6 +20,10 @@ class ExplanationError(ValueError):
     """The chat model's reply holds no usable explanation."""
 
 
+#: Longest explanation taken (the prompt asks for at most 15 words; a longer reply is an essay, not a phrase).
+MAX_WORDS = 40
+
+
 class Explainer:
     """Explain neurons with a chat model: `Explainer(client).explain(index, layer=3, neuron=117)` -> Explanation.
 
@@ -77,7 +81,12 @@ class Explainer:
         messages, used, category = self.messages(index, layer, neuron, category)
         reply = self.client.chat(messages, prompt_version=self.prompt_version)
         text = clean_explanation(reply.text)
-        if not text:
-            raise ExplanationError(f"the model's explanation of layer {layer} neuron {neuron} is empty; reply: {reply.text[:200]!r}")
+        problem = ("was cut off (max_tokens)" if reply.finish_reason == "length" else "is empty" if not text
+                   else f"is {len(text.split())} words long, not a short phrase" if len(text.split()) > MAX_WORDS else None)
+        if problem:
+            forget = getattr(self.client, "forget", None)
+            if forget is not None:  # a cached unusable reply would come back on every retry
+                forget(reply.key)
+            raise ExplanationError(f"the model's explanation of layer {layer} neuron {neuron} {problem}; reply: {reply.text[:200]!r}")
         extra = {"raw_reply": reply.text, "n_images": count_images(messages), "neuron_max": float(index.neuron_max(layer, neuron))}
         return Explanation(**base, text=text, exemplars=used, extra=extra)

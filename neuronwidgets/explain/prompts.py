@@ -5,6 +5,8 @@ Change a prompt's wording -> bump its version, so cached replies to the old word
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,17 +71,33 @@ def explain_messages(images: Sequence[tuple[Image.Image, int]], texts: Sequence[
     return [message("system", EXPLAIN_SYSTEM), message("user", *parts)]
 
 
+_LABELS = ("explanation", "answer", "this neuron responds to", "the neuron responds to", "this neuron fires on",
+           "the neuron fires on")
+_PREAMBLE = re.compile(r"^(sure|certainly|of course|okay|ok|here('s| is| are))\b", re.IGNORECASE)
+_FENCE = re.compile(r"^`{3}\w*$")
+
+
 def clean_explanation(reply: str) -> str:
-    """The explanation phrase from a reply: first non-empty line, without a label, quotes or a final full stop."""
-    lines = [ln.strip() for ln in reply.strip().splitlines() if ln.strip()]
-    text = lines[0] if lines else ""
-    for label in ("explanation:", "answer:", "the neuron responds to", "this neuron responds to"):
-        if text.lower().startswith(label):
-            text = text[len(label):].strip()
-    text = text.strip("*_` ")
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
-    return text.rstrip(".").strip()
+    """The explanation phrase from a reply: its first line of content, without a label, markdown, quotes or a full stop.
+
+    Models often wrap the phrase: in a code fence, after "Explanation:" (on its own line or bold),
+    after a line of preamble ("Sure! Here is ..."). Quotes go only where they wrap the whole phrase.
+    """
+    lines = [ln.strip() for ln in reply.strip().splitlines() if ln.strip() and not _FENCE.match(ln.strip())]
+    for i, text in enumerate(lines):
+        if _PREAMBLE.match(text) and i + 1 < len(lines):  # "Sure! Here is ...", then the answer
+            continue
+        text = text.strip("*_` ")
+        for label in _LABELS:
+            if text.lower().startswith(label) and (len(text) == len(label) or not text[len(label)].isalnum()):
+                text = text[len(label):].lstrip("*_ ").lstrip(":").strip("*_` ")
+                break
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'" and text[0] not in text[1:-1]:
+            text = text[1:-1].strip()
+        text = text.rstrip(".").strip()
+        if text:
+            return text
+    return ""
 
 
 def simulate_image_messages(explanation: str, grid_image: Image.Image, rows: int, cols: int, detail: str = "auto") -> list[dict[str, Any]]:

@@ -93,6 +93,10 @@ class DiskCache:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def delete(self, key: str) -> None:
+        """Forget the entry for `key` (none: nothing to do)."""
+        self._file(key).unlink(missing_ok=True)
+
     def __contains__(self, key: str) -> bool:
         return self._file(key).exists()
 

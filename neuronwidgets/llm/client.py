@@ -32,6 +32,13 @@ log = logging.getLogger("neuronwidgets.llm")
 RETRYABLE = (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError, openai.InternalServerError)
 
 
+def _worth_retrying(err: Exception) -> bool:
+    """Rate limits, timeouts, dropped connections, 5xx, and 408/409 (as the openai SDK retries); not a spent quota."""
+    if getattr(err, "code", None) == "insufficient_quota":  # a 429 that waiting does not cure
+        return False
+    return isinstance(err, RETRYABLE) or getattr(err, "status_code", None) in (408, 409)
+
+
 @dataclass
 class Usage:
     """What a client has spent: requests sent, tokens billed, cache hits, retries."""
@@ -248,6 +255,11 @@ class OpenAIClient:
             )
         return reply
 
+    def forget(self, key: str) -> None:
+        """Drop a cached reply that its reader found unusable (it parsed to nothing): the next ask goes to the model."""
+        if self.cache is not None:
+            self.cache.delete(key)
+
     def chat_many(self, requests: list[list[dict[str, Any]]], *, prompt_version: str = "", **params: Any) -> list[ChatReply]:
         """Send many chat requests, at most `max_concurrency` in flight; replies in request order."""
         if not requests:
@@ -284,7 +296,14 @@ class OpenAIClient:
                     finally:
                         with self._lock:
                             self._in_flight -= 1
-            except RETRYABLE as err:
+            except (*RETRYABLE, openai.APIStatusError) as err:
+                if not _worth_retrying(err):
+                    with self._lock:
+                        self.usage.failures += 1
+                    raise LLMRequestError(
+                        f"chat request to model {self.model!r} was refused: {type(err).__name__} (HTTP {err.status_code})"
+                        + (f", {err.code}" if isinstance(getattr(err, "code", None), str) else "")
+                    ) from err
                 status = getattr(err, "status_code", None)
                 if attempt >= self.max_retries:
                     with self._lock:
@@ -301,12 +320,6 @@ class OpenAIClient:
                 attempt += 1
                 self._sleep(delay)
                 continue
-            except openai.APIStatusError as err:
-                with self._lock:
-                    self.usage.failures += 1
-                raise LLMRequestError(
-                    f"chat request to model {self.model!r} was refused: {type(err).__name__} (HTTP {err.status_code})"
-                ) from err
             break
         usage = {}
         if getattr(response, "usage", None) is not None:
