@@ -195,3 +195,9 @@ def test_408_is_retried_and_a_spent_quota_is_not(llm_server, tmp_path):
     with pytest.raises(LLMRequestError, match=r"refused: RateLimitError \(HTTP 429\), insufficient_quota"):
         client.chat(_messages("another question"))
     assert client.usage.retries == 1  # not retried
+
+
+def test_repr_shows_an_empty_cache_as_on(tmp_path):
+    """An empty DiskCache has len 0: the repr said cache='off' for a client that caches."""
+    client = OpenAIClient(model="m", cache_dir=tmp_path / "c")
+    assert str(tmp_path / "c") in repr(client) and "cache='off'" in repr(OpenAIClient(model="m", cache=False))

@@ -33,12 +33,13 @@ def test_committed_without_outputs(path):
     assert "widgets" not in nb.metadata, f"{path.name}: saved widget state; clear it before committing"
 
 
-def execute(path: Path, cwd: Path, timeout: int = 900) -> nbformat.NotebookNode:
+def execute(path: Path, cwd: Path, timeout: int = 900, allow_errors: bool = False) -> nbformat.NotebookNode:
     """Run a notebook like a user does (its folder is `cwd`) and keep the executed copy beside it."""
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}},
+                   allow_errors=allow_errors).execute()
     nbformat.write(nb, cwd / path.name)
     return nb
 
@@ -105,6 +106,24 @@ def test_course_self_checks_say_when_an_answer_is_missing(notebook_env):
     done = execute(student / path.name, student)
     assert not errors_of(done)
     assert outputs_text(done).count("no answer yet") == 4
+
+
+@pytest.mark.slow
+def test_course_solutions_never_overwrite_a_students_answer(notebook_env):
+    """The hidden solution cells run with Run All too: a wrong answer must still be found wrong, not replaced."""
+    path = ROOT / "notebooks" / "02_course_neurons_in_vlms.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.source.startswith("neurons_per_layer = None"):
+            cell.source = "neurons_per_layer = 100\nn_tokens = 5"
+        elif cell.source.startswith("my_text = None"):
+            cell.source = 'my_text = "nothing at all"  # names no concept: scores nothing'
+    student = notebook_env / "wrong"
+    student.mkdir()
+    nbformat.write(nb, student / path.name)
+    text = outputs_text(execute(student / path.name, student, allow_errors=True))
+    assert "Exercise 1: not quite" in text and "Exercise 4: not quite" in text
+    assert "Exercise 2: correct" in text and "Exercise 3: correct" in text
 
 
 @pytest.mark.slow

@@ -199,7 +199,7 @@ class OpenAIClient:
 
     def __repr__(self) -> str:
         where = f", base_url={safe_url(self.base_url)!r}" if self.base_url else ""
-        cache = str(self.cache.root) if self.cache else "off"
+        cache = str(self.cache.root) if self.cache is not None else "off"  # (an empty cache is falsy: len 0)
         return f"<OpenAIClient model={self.model!r}{where}, cache={cache!r}, max_concurrency={self.max_concurrency}; {self.usage}>"
 
     def __getstate__(self):
