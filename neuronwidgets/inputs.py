@@ -13,6 +13,13 @@ ImageLike = "Image.Image | np.ndarray | str | os.PathLike"
 
 def load_image(image) -> Image.Image:
     """An RGB PIL image from a PIL image, an array (H, W[, 3|4], uint8 or float in 0..1) or a path."""
+    rgb = _as_rgb(image)
+    if 0 in rgb.size:
+        raise ValueError(f"the image is empty ({rgb.size[0]}x{rgb.size[1]} pixels): nothing to look at")
+    return rgb
+
+
+def _as_rgb(image) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, np.ndarray):

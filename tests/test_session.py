@@ -123,6 +123,8 @@ def test_bad_inputs_raise_clear_errors(tiny_session, rgb_image, tmp_path):
         tiny_session.trace(np.zeros((4, 4, 7), np.uint8), PROMPT)
     with pytest.raises(TypeError, match="PIL image"):
         tiny_session.trace(12, PROMPT)
+    with pytest.raises(ValueError, match=r"the image is empty \(0x0 pixels\)"):  # was a ZeroDivisionError in the processor
+        tiny_session.trace(np.zeros((0, 0), np.uint8), PROMPT)
     with pytest.raises(IndexError, match=r"layer 9 is out of range: this model has layers 0..2"):
         tiny_session.trace(rgb_image, PROMPT, layers=[9])
     trace = tiny_session.trace(rgb_image, PROMPT, layers=[0])
