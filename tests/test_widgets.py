@@ -574,3 +574,15 @@ def test_heatmaps_refuse_a_layer_or_neuron_the_trace_lacks_and_keep_what_they_sh
     w = W.PatchHeatmap(trace, 0, 4)
     with pytest.raises(traitlets.TraitError, match="patch number 0..15"):
         w.selected = 16
+
+
+def test_simulation_plot_counts_the_pairs_its_correlation_reads():
+    """'r over N values': N counts inputs with both a real and a simulated value (NaN reals were counted)."""
+    import warnings
+
+    nan = float("nan")
+    plot = W.SimulationPlot.from_arrays([1.0, 2.0, 3.0, nan, nan, nan], [1, 2, 4, 5, 6, 7])
+    assert plot.n == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # all-NaN reals: no "All-NaN slice" warning
+        assert W.SimulationPlot.from_arrays([nan] * 4, [1, 2, 3, 4]).n == 0

@@ -118,6 +118,7 @@ function rows(data) {
     let label = labels && labels[i] != null ? showToken(labels[i]) : null;
     if (label == null) label = inp.modality === "image" && cols ? `(${Math.floor(k / cols)}, ${k % cols})` : String(k);
     const sim = have ? simulated[i] : NaN;
+    if (!Number.isFinite(real[i])) continue; // nothing to draw against (and an extent of NaN breaks the layout)
     if (Number.isFinite(sim)) points.push({ real: real[i], simulated: sim, input: String(inp.label), kind: String(inp.kind || ""), label });
     if (g === (data.focus ?? 0)) {
       focus.push({ i: k, label, series: "real (0-10 scale)", value: (10 * Math.max(0, real[i])) / realMax, raw: fmt(real[i]) });

@@ -122,7 +122,9 @@ export function tooltip(root) {
     tip.hidden = false;
     const box = root.getBoundingClientRect();
     const t = target.getBoundingClientRect();
-    tip.style.left = `${Math.max(0, t.left - box.left)}px`;
+    tip.style.left = "0px"; // laid out at its natural width first, then moved left to stay inside the widget
+    const width = tip.getBoundingClientRect().width;
+    tip.style.left = `${Math.max(0, Math.min(t.left - box.left, box.width - width))}px`;
     tip.style.top = `${t.bottom - box.top + 4}px`;
   };
   const hide = () => {

@@ -54,6 +54,7 @@ function render({ model, el }) {
   upload.accept = "image/*";
   upload.title = "upload an image";
   const prompt = h("textarea", "nw-prompt");
+  prompt.setAttribute("aria-label", "prompt (with <image> where the image goes)");
   prompt.rows = 2;
   prompt.spellcheck = false;
   prompt.value = model.get("prompt") || "";
@@ -177,6 +178,7 @@ function render({ model, el }) {
     }
     for (const m of rows) {
       const b = h("button", "nw-match", `L${m.layer} N${m.neuron} \u00b7 ${m.category || "?"}${m.text ? " \u00b7 " + m.text : ""}`);
+      b.title = b.textContent; // the whole text where the button cuts it short
       b.type = "button";
       b.dataset.layer = String(m.layer);
       b.dataset.neuron = String(m.neuron);
@@ -220,6 +222,7 @@ function render({ model, el }) {
     suggestions.appendChild(h("span", "nw-muted", isStatic ? "precomputed prompts: " : "try: "));
     for (const p of list) {
       const b = h("button", "nw-suggest", showToken(p));
+      b.title = showToken(p); // prompts that differ only at the end look alike when cut short
       b.dataset.prompt = p;
       b.type = "button";
       b.addEventListener("click", () => {
@@ -264,10 +267,17 @@ function render({ model, el }) {
     renderCard(cardEl, model.get("card") || {}, cardUrls);
   }
 
-  const sim = createSimulationView(simEl, { onFocus: () => {} });
+  let simFocus = 0; // the input the per-position chart shows: a choice of this view alone
+  const sim = createSimulationView(simEl, {
+    onFocus: (i) => {
+      simFocus = i;
+      drawSim();
+    },
+  });
   function drawSim() {
     const data = model.get("sim") || {};
-    sim.update(simulationData((k) => (k === "spec" ? model.get("sim_spec") : data[k])));
+    if (!(simFocus < (data.inputs || []).length)) simFocus = 0;
+    sim.update(simulationData((k) => (k === "spec" ? model.get("sim_spec") : k === "focus" ? simFocus : data[k])));
   }
 
   function drawPrompt() {

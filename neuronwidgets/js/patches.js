@@ -7,12 +7,21 @@ import { h, clear, level, levelColor, fmt, CMAPS, f32, i32, blobUrl } from "./co
 //         selected, topIds: Int32Array [rows*cols*k], topValues: Float32Array, k, layer }
 // opts: { onCmap(name), onOpacity(x), onSelect(index), onNeuron(id) | null, size, controls }
 export function renderPatches(container, data, opts = {}) {
-  clear(container);
   const [rows, cols] = data.grid || [0, 0];
   const cmap = CMAPS.includes(data.cmap) ? data.cmap : "diverging";
-  const box = h("div", "nw-patches");
-  container.appendChild(box);
-  if (opts.controls !== false) box.appendChild(controls(data, cmap, opts));
+  const withControls = opts.controls !== false;
+  // The controls stay the same elements from draw to draw (a slider being dragged, a select
+  // being stepped with the keyboard keep going); only what they control is drawn anew.
+  let box = container.firstElementChild;
+  if (!(box && box.classList.contains("nw-patches") && box._withControls === withControls)) {
+    clear(container);
+    box = h("div", "nw-patches");
+    box._withControls = withControls;
+    container.appendChild(box);
+    if (withControls) box.appendChild(controls());
+  }
+  if (withControls) updateControls(box.firstElementChild, data, cmap, opts);
+  const old = box.querySelector(":scope > .nw-patch-wrap");
 
   const wrap = h("div", "nw-patch-wrap");
   const stage = h("div", "nw-patch-stage");
@@ -48,34 +57,43 @@ export function renderPatches(container, data, opts = {}) {
   stage.appendChild(grid);
   wrap.appendChild(stage);
   if (opts.side !== false) wrap.appendChild(sidePanel(data, cols, opts));
-  box.appendChild(wrap);
+  if (old) box.replaceChild(wrap, old);
+  else box.appendChild(wrap);
 }
 
-function controls(data, cmap, opts) {
+// The colour map and opacity controls; their handlers read the latest opts (set by updateControls).
+function controls() {
   const bar = h("div", "nw-controls");
   const pick = h("select", "nw-cmap");
   pick.title = "colour map";
   for (const name of CMAPS) {
     const o = h("option", null, name);
     o.value = name;
-    o.selected = name === cmap;
     pick.appendChild(o);
   }
-  pick.addEventListener("change", () => opts.onCmap && opts.onCmap(pick.value));
+  pick.addEventListener("change", () => bar._opts.onCmap && bar._opts.onCmap(pick.value));
   const slider = h("input", "nw-opacity");
   slider.type = "range";
   slider.min = "0";
   slider.max = "1";
   slider.step = "0.05";
-  slider.value = String(data.opacity ?? 0.6);
   slider.title = "overlay opacity";
-  slider.addEventListener("input", () => opts.onOpacity && opts.onOpacity(Number(slider.value)));
+  slider.addEventListener("input", () => bar._opts.onOpacity && bar._opts.onOpacity(Number(slider.value)));
   const l1 = h("label", null, "colour ");
   l1.appendChild(pick);
   const l2 = h("label", null, " opacity ");
   l2.appendChild(slider);
   bar.append(l1, l2);
   return bar;
+}
+
+function updateControls(bar, data, cmap, opts) {
+  bar._opts = opts;
+  const pick = bar.querySelector(".nw-cmap");
+  const slider = bar.querySelector(".nw-opacity");
+  if (pick.value !== cmap) pick.value = cmap;
+  const opacity = String(data.opacity ?? 0.6);
+  if (Number(slider.value) !== Number(opacity)) slider.value = opacity;
 }
 
 function sidePanel(data, cols, opts) {

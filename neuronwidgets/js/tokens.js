@@ -7,6 +7,17 @@ import { h, clear, level, levelColor, textColor, fmt, showToken, f32, i32 } from
 //         vmax: number, grid: [rows, cols], imageToken: string, expanded: boolean }
 // opts: { onToggle(expanded) }
 export function renderTokens(container, data, opts = {}) {
+  // A chip operated from the keyboard keeps the focus across the redraw it causes.
+  const focused = document.activeElement;
+  const chipAt = focused && container.contains(focused) && focused.classList.contains("nw-chip") ? focused.dataset.start : null;
+  drawTokens(container, data, opts);
+  if (chipAt != null) {
+    const again = container.querySelector(`.nw-chip[data-start="${chipAt}"]`);
+    if (again) again.focus();
+  }
+}
+
+function drawTokens(container, data, opts) {
   clear(container);
   const { tokens, patch, values, vmax } = data;
   const [rows, cols] = data.grid || [0, 0];
@@ -48,6 +59,7 @@ function addChip(container, line, data, start, end, rows, cols, opts) {
   const count = end - start;
   const chip = h("button", "nw-chip", `${showToken(data.imageToken || "<image>")} \u00d7${count}`);
   chip.type = "button";
+  chip.dataset.start = String(start);
   chip.style.backgroundColor = levelColor(l, "diverging");
   chip.style.color = textColor(l, "diverging");
   chip.dataset.level = String(l);

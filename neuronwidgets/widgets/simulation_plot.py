@@ -83,14 +83,15 @@ def sim_state(inputs: list[dict[str, Any]], *, grid=None, real_max: float | None
                      "modality": str(inp.get("modality", "text")), "corr": pearson(r, s)})
     real_all = np.concatenate(real) if real else np.zeros(0, np.float32)
     sim_all = np.concatenate(sim) if sim else np.zeros(0, np.float32)
-    n = int(np.isfinite(sim_all).sum())
+    n = int((np.isfinite(sim_all) & np.isfinite(real_all)).sum())  # the pairs the correlation reads
     if grid is None:
         sizes = {int(x.size) for x, m in zip(real, meta) if m["modality"] == "image"}
         side = int(round(math.sqrt(next(iter(sizes))))) if len(sizes) == 1 else 0
         grid = [side, side] if side and side * side in sizes else [0, 0]
     top = finite(real_max)
     if top is None or top <= 0:
-        top = float(np.nanmax(real_all)) if real_all.size and np.nanmax(real_all) > 0 else 1.0
+        finite_real = real_all[np.isfinite(real_all)]
+        top = float(finite_real.max()) if finite_real.size and finite_real.max() > 0 else 1.0  # (all NaN: no warning)
     return {
         "real": f32(real_all),
         "simulated": f32(sim_all),

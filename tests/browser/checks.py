@@ -55,6 +55,27 @@ def check_cmap_and_opacity(page, root: str) -> None:
     )
 
 
+def check_controls_keep_focus(page, root: str) -> None:
+    """The colour map and opacity controls are not rebuilt as they change: keys keep stepping, focus stays."""
+    slider = page.locator(f"{root} input.nw-opacity")
+    start = float(slider.input_value())
+    slider.focus()
+    for _ in range(4):
+        slider.press("ArrowRight")
+    page.wait_for_function("([sel, want]) => Math.abs(Number(document.querySelector(sel).value) - want) < 1e-6",
+                           arg=[f"{root} input.nw-opacity", min(1.0, start + 0.2)])
+    assert slider.evaluate("el => document.activeElement === el")
+    pick = page.locator(f"{root} select.nw-cmap")
+    options = pick.evaluate("el => [...el.options].map(o => o.value)")
+    first = options.index(pick.input_value())
+    pick.focus()
+    pick.press("ArrowDown")
+    pick.press("ArrowDown")
+    want = options[min(first + 2, len(options) - 1)]
+    page.wait_for_function("([sel, want]) => document.querySelector(sel).value === want", arg=[f"{root} select.nw-cmap", want])
+    assert pick.evaluate("el => document.activeElement === el")
+
+
 def check_hover(page, root: str) -> None:
     for pos, (token, value) in zip(KNOWN_POSITIONS[2:5], KNOWN[2:5]):
         page.locator(f"{root} .nw-tok[data-pos='{pos}']").hover()

@@ -37,6 +37,11 @@ def test_heatmaps_export_offline(page, tmp_path, artifacts):
     checks.check_chip_expands(page, root_t)
     checks.check_patch_click(page, root_p, trace)
     checks.check_cmap_and_opacity(page, root_p)
+    checks.check_controls_keep_focus(page, root_p)
+    chip = page.locator(f"{root_t} .nw-chip")
+    chip.focus()
+    chip.press("Enter")  # expands or collapses: the chip keeps the focus through the redraw
+    page.wait_for_function("() => document.activeElement && document.activeElement.classList.contains('nw-chip')")
     checks.check_no_injection(page, root_t, n_scripts=3)
     save_screenshot(page, artifacts, "export-heatmaps")
     assert not page.watch.requests, f"the page tried the network: {page.watch.requests}"
@@ -96,6 +101,12 @@ def test_explorer_export_answers_precomputed_prompts(page, tmp_path, artifacts):
     assert checks.token_texts(page, root)[-2:] == [" a", " red"] or "red" in "".join(checks.token_texts(page, root))
     assert page.locator(f"{root} .nw-status").text_content() == "static export"
     checks.check_chart_layout(page, root)
+    focus = page.locator(f"{root} .nw-ex-sim .nw-sim-focus")
+    if focus.locator("option").count() > 1:  # the input picker redraws the per-position chart (it did nothing)
+        shown = page.locator(f"{root} .nw-ex-sim .nw-chart").get_attribute("data-signature")
+        focus.select_option("1")
+        page.wait_for_function("([sel, b]) => document.querySelector(sel).dataset.signature !== b",
+                               arg=[f"{root} .nw-ex-sim .nw-chart", shown])
     # another precomputed neuron, picked from the list
     page.locator(f"{root} .nw-match[data-layer='1'][data-neuron='3']").click()
     page.wait_for_function("sel => document.querySelector(sel).textContent.includes('neuron 3')", arg=f"{root} .nw-card .nw-nid")
@@ -105,3 +116,13 @@ def test_explorer_export_answers_precomputed_prompts(page, tmp_path, artifacts):
     assert not page.watch.requests, f"the page tried the network: {page.watch.requests}"
     assert not page.watch.errors, page.watch.errors
     assert not page.watch.dialogs
+
+
+def test_a_plot_whose_real_values_are_all_nan_draws_placeholders(page, tmp_path):
+    """NaN real values gave the chart an infinite extent: an SVG 1.8e308 px wide and viewBox errors."""
+    plot = W.SimulationPlot.from_arrays([float("nan")] * 4, [1, 2, 3, 4])
+    open_page(page, W.to_html(plot, tmp_path / "nan.html"))
+    page.wait_for_function("() => { const c = document.querySelector('.nw-chart'); return c && Number(c.dataset.version) > 0; }",
+                           timeout=30_000)
+    assert page.evaluate("() => document.documentElement.scrollWidth") < 5000
+    assert not page.watch.errors, page.watch.errors
