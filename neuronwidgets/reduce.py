@@ -203,12 +203,15 @@ class _Pending:
         self.size += columns[0].numel()
 
     def take(self):
-        """(the neuron column of each part, every column concatenated), None when empty; the buffer emptied."""
+        """(the neuron column of each part, the other columns concatenated), None when empty; the buffer emptied.
+
+        The neuron columns stay parts: the merge lays them out run by run (see `_group_by_row`).
+        """
         parts, self.parts, self.size = self.parts, [], 0
         if not parts:
             return None
         cols = []
-        for c in zip(*parts):
+        for c in list(zip(*parts))[1:]:
             if c[0].dim() == 2:
                 width = max(x.shape[1] for x in c)
                 c = [torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in c]
@@ -538,7 +541,7 @@ class LayerState:
         taken = self._pending[m].take()
         if taken is None:
             return
-        runs, (_, value, key) = taken
+        runs, (value, key) = taken
         group = _group_by_row(runs, self.n)
         # padding: value -inf and the largest key lose to every kept entry, empty ones included
         self._merge_tokens(m, group[0], _padded(group, value, -torch.inf), _padded(group, key, _PACKED_KEY_LIMIT - 1))
@@ -585,13 +588,13 @@ class LayerState:
     def _flush_top(self) -> None:
         taken = self._pending["top"].take()
         if taken is not None:
-            runs, (n, value, sample, image_codes, text_codes) = taken
+            runs, (value, sample, image_codes, text_codes) = taken
             group = _group_by_row(runs, self.n)
             new_s = _padded(group, sample, _PACKED_KEY_LIMIT - 1)  # padding: loses to any slot, even an empty one
             slots = self._take_slots(group[0], _padded(group, value, -torch.inf), new_s)
             if slots is not None:
                 n_sel, slot, chosen = slots
-                c = _padded(group, torch.arange(n.numel(), device=n.device), 0)[chosen]  # row-major, as n_sel
+                c = _padded(group, torch.arange(value.numel(), device=value.device), 0)[chosen]  # row-major, as n_sel
                 self._write_slots(n_sel, slot, value[c], sample[c], image_codes[c], text_codes[c])
         if self._floors is not None:
             self._floors["top"] = self._t["top_value"].amin(1)
