@@ -178,13 +178,12 @@ def cmd_explain(args) -> int:
     cols = [c for c in ("layer", "neuron", "category", "text", "score", "score_top", "score_random", "baseline", "error") if c in table]
     with pd.option_context("display.width", 160, "display.max_colwidth", 60):
         print(table[cols].head(20).to_string(index=False))
-    asked = table[table.set_index(["layer", "neuron"]).index.isin(neurons)]
-    failed = asked["error"].notna() if "error" in asked else pd.Series(False, index=asked.index)
-    if len(asked) and failed.all():  # nothing came out: say why, and exit as an error
-        print(f"neuronwidgets explain: error: every neuron failed, e.g. {asked['error'][failed].iloc[0]}", file=sys.stderr)
+    failed = table["error"].notna()  # (the table holds the neurons asked for, each with an error column)
+    if len(table) and failed.all():  # nothing came out: say why, and exit as an error
+        print(f"neuronwidgets explain: error: every neuron failed, e.g. {table['error'][failed].iloc[0]}", file=sys.stderr)
         return 2
     if failed.any():
-        print(f"{int(failed.sum())} of {len(asked)} neurons failed (see the error column; run the command again to retry them)")
+        print(f"{int(failed.sum())} of {len(table)} neurons failed (see the error column; run the command again to retry them)")
     return 0
 
 

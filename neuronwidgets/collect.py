@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import threading
 import time
 from collections import Counter
@@ -24,15 +23,14 @@ from tqdm.auto import tqdm
 
 from neuronwidgets.datasets.convert import as_samples
 from neuronwidgets.histogram import HIST_EDGES
-from neuronwidgets.index import (FORMAT_VERSION, MANIFEST, IndexFormatError, NeuronIndex, RandomSet, finish_interrupted_write, random_key,
-                                 collection_differences, holds_other_files, read_json_object, read_table, state_to_arrays,
-                                 write_index)
+from neuronwidgets.index import (FORMAT_VERSION, MANIFEST, IndexFormatError, NeuronIndex, RandomSet, collection_differences,
+                                 finish_interrupted_write, holds_other_files, positions_digest, random_key, read_json_object, read_table,
+                                 state_to_arrays, write_index)
 from neuronwidgets.reduce import LayerState
 from neuronwidgets.reducer import BatchReducer
 from neuronwidgets.session import token_texts
 
 TEXT_SOURCES = ("generate", "caption", "prompt")
-#: Manifest keys that must match for a folder to be resumed or reused.
 
 
 def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int = 50, token_k: int | None = None,
@@ -305,7 +303,7 @@ def run_manifest(session, samples, layers: list[int], positions: list[int], *, t
         "seed": seed,
         "hist_edges": HIST_EDGES.tolist(),
         "dataset": {"fingerprint": getattr(samples, "fingerprint", "samples"), "spec": _spec_of(samples), "size": len(samples)},
-        "positions": hashlib.sha1(json.dumps(positions).encode()).hexdigest(),
+        "positions": positions_digest(positions),
         "n_positions": len(positions),
         "prompts": prompts_digest(samples),
     }
@@ -323,7 +321,7 @@ def check_folder_for(path: Path, manifest: dict, overwrite: bool) -> dict | None
                                    f"folder, or {_OVERWRITE} to write an index into it")
         return None
     found = read_json_object(file)
-    diff = _run_differences(found, manifest)
+    diff = collection_differences(found, manifest)
     if not diff and (found.get("complete") or isinstance(found.get("next_batch"), int)):
         return found
     if not overwrite:
@@ -336,10 +334,6 @@ def check_folder_for(path: Path, manifest: dict, overwrite: bool) -> dict | None
         raise IndexFormatError(f"{str(file)!r} describes an unfinished collection but not where it stopped (no next_batch): "
                                f"the checkpoint is damaged; {_OVERWRITE} to start again")
     return None  # (the old index's explanations are set aside when the new one moves in: see finish_interrupted_write)
-
-
-def _run_differences(found: dict, manifest: dict) -> list[str]:
-    return collection_differences(found, manifest)
 
 
 def prompts_digest(samples) -> str:

@@ -200,6 +200,11 @@ COLLECTION_KEYS = ("format_version", "model", "site", "layers", "n_neurons", "gr
 LENIENT_KEYS = ("prompts", "positions")
 
 
+def positions_digest(positions: Sequence[int]) -> str:
+    """The manifest's `positions`: which dataset positions a collection covers, in its order."""
+    return hashlib.sha1(json.dumps([int(p) for p in positions]).encode()).hexdigest()
+
+
 def collection_differences(found: dict, new: dict, keys: Sequence[str] = COLLECTION_KEYS) -> list[str]:
     """The identifying keys in which two manifests differ (one a folder's, `found`)."""
     return [k for k in keys if found.get(k) != new.get(k) and not (k in LENIENT_KEYS and k not in found)]
@@ -240,7 +245,8 @@ def finish_interrupted_write(path: Path) -> None:
     explanations.parquet, stay), the manifest last: until it moves, `path`'s manifest is the
     old one and the rest may be new, so the move is finished before anything reads `path`.
     """
-    tmp = _writing(Path(path).expanduser())
+    path = Path(path).expanduser()
+    tmp = _writing(path)
     if not tmp.exists():
         return
     if not (tmp / MANIFEST).exists():  # killed while writing it: the old index was not touched

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from neuronwidgets.index import (MANIFEST, collection_differences, IndexFormatError, NeuronIndex, RandomSet, finish_interrupted_write, holds_other_files,
-                                 random_key, read_json_object, write_index)
+from neuronwidgets.index import (MANIFEST, IndexFormatError, NeuronIndex, RandomSet, collection_differences, finish_interrupted_write,
+                                 holds_other_files, positions_digest, random_key, read_json_object, write_index)
 
 #: Manifest keys that must agree for indexes to merge.
 MERGE_KEYS = ("format_version", "model", "site", "layers", "n_neurons", "grid", "n_patches", "text", "top_k", "token_k",
@@ -45,6 +43,12 @@ def merge_indexes(indexes: Sequence[NeuronIndex], path: str | Path, overwrite: b
     path = Path(path).expanduser()
     m = indexes[0].manifest
     seed, k = m["seed"], m["random_k"]
+    samples = pd.concat([i.samples for i in indexes], ignore_index=True)
+    # The manifest of one pass over the shards' samples, in ascending order (what collect(indices=...) records).
+    positions = sorted(int(s) for s in samples["sample"])
+    manifest = {**m, "complete": True, "dataset": {**m["dataset"]}, "n_positions": len(positions), "positions": positions_digest(positions),
+                "next_batch": -(-len(positions) // m["batch_size"]) if m.get("batch_size") else m.get("next_batch")}
+    _check_target(path, manifest, overwrite)  # before the merge's work: a refused folder costs nothing
     state = indexes[0].to_state()
     random = [(random_key(seed, s), s, "self", i) for i, s in enumerate(m["random_samples"])]
     for other in indexes[1:]:
@@ -55,13 +59,6 @@ def merge_indexes(indexes: Sequence[NeuronIndex], path: str | Path, overwrite: b
         for layer in state:
             state[layer].merge(other_state[layer], take)
         random = [(h, s, "self", slot) for slot, (h, s, _, _) in enumerate(random)]
-    samples = pd.concat([i.samples for i in indexes], ignore_index=True)
-    # The manifest of one pass over the shards' samples, in ascending order (what collect(indices=...) records).
-    positions = sorted(int(s) for s in samples["sample"])
-    manifest = {**m, "complete": True, "dataset": {**m["dataset"]}, "n_positions": len(positions),
-                "positions": hashlib.sha1(json.dumps(positions).encode()).hexdigest(),
-                "next_batch": -(-len(positions) // m["batch_size"]) if m.get("batch_size") else m.get("next_batch")}
-    _check_target(path, manifest, overwrite)
     write_index(path, manifest, state, samples, RandomSet(k, seed, [(h, s, slot) for h, s, _, slot in random]))
     return NeuronIndex.load(path, dataset=indexes[0]._dataset)
 

@@ -11,8 +11,8 @@ import pandas as pd
 import torch
 
 from neuronwidgets.adapters import adapter_for
-from neuronwidgets.checks import whole_number
 from neuronwidgets.adapters.base import check_site
+from neuronwidgets.checks import whole_number
 from neuronwidgets.inputs import load_image
 from neuronwidgets.trace import Trace
 

@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 from neuronwidgets.explain.data import categories, is_index
 from neuronwidgets.explain.explainer import ExplanationError
 from neuronwidgets.explain.explanation import Explanation
-from neuronwidgets.index import EXPLANATIONS
 from neuronwidgets.explain.scoring import NoHeldOutRecords, score
 from neuronwidgets.explain.simulator import SimulationParseError
+from neuronwidgets.index import EXPLANATIONS
 from neuronwidgets.llm.errors import LLMRequestError
 
 TABLE = EXPLANATIONS

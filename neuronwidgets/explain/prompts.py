@@ -6,7 +6,6 @@ Change a prompt's wording -> bump its version, so cached replies to the old word
 from __future__ import annotations
 
 import re
-
 from collections.abc import Sequence
 from typing import Any
 

@@ -108,7 +108,7 @@ class NeuronExplorer(NeuronWidget):
         layer, neuron = whole_number(layer, "layer"), whole_number(neuron, "neuron")
         if layer not in layers:
             raise IndexError(f"layer {layer} is not available; layers: {layers}")
-        if not 0 <= int(neuron) < n_neurons:
+        if not 0 <= neuron < n_neurons:
             raise IndexError(f"neuron {neuron} is out of range 0..{n_neurons - 1}")
         first_sample = self._inputs[0][1] if self._inputs else None
         prompt = prompt if prompt is not None else self._default_prompt(first_sample)
