@@ -26,7 +26,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from neuronwidgets.datasets.base import Sample, SampleList  # noqa: E402
-from neuronwidgets.session import Session  # noqa: E402
+from neuronwidgets.model.session import Session  # noqa: E402
 
 
 def toy_session() -> tuple[Session, str]:
@@ -41,7 +41,12 @@ def toy_session() -> tuple[Session, str]:
 
 def llava7b_session(device: str) -> tuple[Session, str]:
     """A randomly initialised model with LLaVA-1.5-7B's shapes: CLIP ViT-L/14-336 + Llama-7B, fp16."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     from neuronwidgets.toy.build import build_processor
 
@@ -107,9 +112,10 @@ def llava_shape_bytes_per_neuron(top_k=50, map_k=30, random_k=10, max_text=64, n
     Random codes are the worst case for size (nothing here is compressed, so it is also the
     exact size for any data); stats.parquet is counted at its raw column width.
     """
-    from neuronwidgets.index import state_to_arrays
-    from neuronwidgets.reduce import LayerState
     from safetensors.numpy import save_file
+
+    from neuronwidgets.reduce.state import LayerState
+    from neuronwidgets.store.codec import state_to_arrays
 
     out = {}
     for mk, rk in ((map_k, random_k), (map_k, 0), (top_k, random_k)):
@@ -136,10 +142,10 @@ def paired_pass(session, data, batch_size, top_k=50, random_k=10, max_text=64, r
     reduce: "auto" (what collect does: sparse on a CPU, dense on a GPU), or force "sparse" or
     "dense" (to compare the two designs on one device). on_batch(i) is called before the i-th batch.
     """
-    from neuronwidgets.collect import prepare_batch, run_batch
-    from neuronwidgets.index import RandomSet
-    from neuronwidgets.reduce import LayerState
-    from neuronwidgets.reducer import BatchReducer
+    from neuronwidgets.collect.hook import BatchReducer
+    from neuronwidgets.collect.runner import prepare_batch, run_batch
+    from neuronwidgets.reduce.random_set import RandomSet
+    from neuronwidgets.reduce.state import LayerState
 
     rows, cols = session.grid
     state = {l: LayerState(session.n_neurons, rows * cols, max_text, top_k, top_k, random_k, 4, session.device) for l in range(session.n_layers)}

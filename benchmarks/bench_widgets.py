@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from neuronwidgets.datasets.shapes import SHAPES_WORDS, shapes  # noqa: E402
 from neuronwidgets.explain import ConceptExplainer, ConceptSimulator, explain_all  # noqa: E402
-from neuronwidgets.session import Session  # noqa: E402
+from neuronwidgets.model.session import Session  # noqa: E402
 from neuronwidgets.widgets import NeuronExplorer  # noqa: E402
 
 AIM_MS = 50.0

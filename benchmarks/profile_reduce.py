@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from neuronwidgets.reduce import LayerState  # noqa: E402
+from neuronwidgets.reduce.state import LayerState  # noqa: E402
 
 dev = "cuda" if torch.cuda.is_available() else "cpu"
 N, P, Tm, B, T = (11008, 576, 64, 16, 660) if dev == "cuda" else (384, 16, 64, 32, 60)

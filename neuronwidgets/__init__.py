@@ -14,10 +14,11 @@ from __future__ import annotations
 import importlib
 
 from neuronwidgets import datasets
-from neuronwidgets.index import IndexFormatError, NeuronIndex
+from neuronwidgets.model.session import Session
+from neuronwidgets.model.trace import Trace
 from neuronwidgets.records import ActivationRecord, discretize
-from neuronwidgets.session import Session
-from neuronwidgets.trace import Trace
+from neuronwidgets.store.index import NeuronIndex
+from neuronwidgets.store.layout import IndexFormatError
 
 __version__ = "0.1.0"
 

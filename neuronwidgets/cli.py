@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from neuronwidgets.llm.errors import LLMRequestError
 
 
 def load_session(model: str, device: str | None, dtype: str | None, site: str, download: bool = False):
-    from neuronwidgets.session import Session
+    from neuronwidgets.model.session import Session
 
     if model == "toy":
         if device not in (None, "cpu") or dtype not in (None, "float32"):
@@ -64,8 +63,8 @@ def layer_list(text: str | None) -> list[int] | None:
 
 def cmd_collect(args) -> int:
     from neuronwidgets import distributed as dist
-    from neuronwidgets.collect import check_folder_for, run_manifest
-    from neuronwidgets.index import NeuronIndex
+    from neuronwidgets.collect.manifest import check_folder_for, run_manifest
+    from neuronwidgets.store.index import NeuronIndex
 
     rank = dist.from_env()
     session = load_session(args.model, args.device, args.dtype, args.site, args.download)
@@ -110,7 +109,7 @@ def cmd_collect(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from neuronwidgets.index import NeuronIndex
+    from neuronwidgets.store.index import NeuronIndex
 
     merged = NeuronIndex.merge([NeuronIndex.load(p) for p in args.indexes], args.out, overwrite=args.overwrite)
     print(merged)
@@ -118,7 +117,7 @@ def cmd_merge(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from neuronwidgets.index import NeuronIndex
+    from neuronwidgets.store.index import NeuronIndex
 
     index = NeuronIndex.load(args.index)
     print(index)
@@ -139,10 +138,16 @@ def cmd_info(args) -> int:
 def cmd_explain(args) -> int:
     import pandas as pd
 
-    from neuronwidgets.index import NeuronIndex
+    from neuronwidgets.store.index import NeuronIndex
 
     try:
-        from neuronwidgets.explain import ConceptExplainer, ConceptSimulator, Explainer, Simulator, explain_all
+        from neuronwidgets.explain import (
+            ConceptExplainer,
+            ConceptSimulator,
+            Explainer,
+            Simulator,
+            explain_all,
+        )
     except ImportError as err:  # pragma: no cover
         raise SystemExit(f"explanations are not available: {err}")
     index = NeuronIndex.load(args.index)

@@ -10,7 +10,7 @@ TINY_WORDS = ["a", "red", "blue", "circle", "square", "What", "is", "the", "shap
 
 @pytest.fixture(scope="session")
 def tiny_session():
-    from neuronwidgets.session import Session
+    from neuronwidgets.model.session import Session
     from neuronwidgets.toy.build import build_model, build_processor
 
     processor = build_processor(TINY_WORDS, image_size=32, patch_size=8)

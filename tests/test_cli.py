@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from neuronwidgets.datasets.coco import coco, decode_segmentation
-from neuronwidgets.index import NeuronIndex
+from neuronwidgets.store.index import NeuronIndex
 from tests.conftest import TINY_WORDS
 
 ROOT = Path(__file__).resolve().parents[1]

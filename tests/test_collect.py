@@ -13,9 +13,12 @@ import torch
 from PIL import Image
 
 from neuronwidgets.datasets import Sample, SampleList
-from neuronwidgets.index import IndexFormatError, NeuronIndex, RandomSet
-from neuronwidgets.histogram import HIST_EDGES
-from neuronwidgets.reduce import LayerState, codes_from_histogram
+from neuronwidgets.reduce.codes import codes_from_histogram
+from neuronwidgets.reduce.moments import HIST_EDGES
+from neuronwidgets.reduce.random_set import RandomSet
+from neuronwidgets.reduce.state import LayerState
+from neuronwidgets.store.index import NeuronIndex
+from neuronwidgets.store.layout import IndexFormatError
 
 CAPTIONS = ["a red circle", "blue", "the red square is a shape", "a", "what is the blue circle"]
 
@@ -378,7 +381,7 @@ def test_random_records_are_the_bottom_k_hash_samples(one_pass):
 
 def hand_index(bits=8, map_k=None):
     """A hand-made layer: 3x3 patches, 4 text slots, 2 neurons, 4 samples (see test below)."""
-    from neuronwidgets.collect import in_memory_index
+    from neuronwidgets.collect.runner import in_memory_index
 
     P, Tm, N = 9, 4, 2
     # acts[b, t, n]: positions 0..8 are patches, 9..12 text tokens
@@ -447,7 +450,7 @@ def test_category_tables_and_charts(one_pass):
 
 
 def test_code_histograms_round_trip():
-    from neuronwidgets.reduce import code_histogram
+    from neuronwidgets.reduce.codes import code_histogram
 
     codes = torch.randint(0, 16, (3, 5, 37), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     hist = code_histogram(codes, 15, chunk=64)  # several chunks
@@ -501,7 +504,7 @@ def test_sparse_and_dense_folds_agree_and_ties_follow_the_total_order():
 
 
 def test_packed_top_order_equals_two_stable_sorts():
-    from neuronwidgets.reduce import packed_order_key, sorted_top_order, top_order
+    from neuronwidgets.reduce.topk import packed_order_key, sorted_top_order, top_order
 
     g = torch.Generator().manual_seed(3)
     values = torch.randint(-3, 4, (50, 40), generator=g).float() / 2  # many ties
@@ -523,43 +526,43 @@ def test_packed_top_order_equals_two_stable_sorts():
 
 @pytest.mark.parametrize("n_rows", [6, 40])  # most rows have entries (every row a group) / few do (the rows listed)
 def test_group_by_row_lays_every_entry_in_its_rows_group(n_rows):
-    from neuronwidgets.reduce import _group_by_row, _padded
+    from neuronwidgets.reduce.topk import group_by_row, padded
 
     g = torch.Generator().manual_seed(5)
     ids = torch.randint(0, 6, (50,), generator=g)
     values = torch.arange(50) + 1
-    rows, flat, shape = _group_by_row(ids, n_rows)
-    padded = _padded((rows, flat, shape), values, 0)
+    rows, flat, shape = group_by_row(ids, n_rows)
+    padded = padded((rows, flat, shape), values, 0)
     listed = torch.arange(n_rows) if rows is None else rows
     assert (rows is None) == (n_rows == 6) and shape == (listed.numel(), int(torch.bincount(ids).max()))
     for group, row in enumerate(listed.tolist()):
         got = padded[group][padded[group] > 0].sort().values
         assert torch.equal(got, values[ids == row]), row
-    assert _group_by_row(ids[:0], n_rows) is None
+    assert group_by_row(ids[:0], n_rows) is None
 
 
 @pytest.mark.parametrize("n_rows", [6, 40])
 def test_group_by_row_of_runs_lays_entries_as_of_their_concatenation(n_rows):
     """Runs (ascending ones laid out without a sort, others sorted) give each row's entries, in the concatenation's order."""
-    from neuronwidgets.reduce import _group_by_row, _padded
+    from neuronwidgets.reduce.topk import group_by_row, padded
 
     g = torch.Generator().manual_seed(6)
     runs = [torch.randint(0, 6, (n,), generator=g) for n in (30, 0, 25, 40)]
     runs = [runs[0].sort().values, runs[1], runs[2], runs[3].sort().values]  # ascending, empty, unsorted, ascending
     ids = torch.cat(runs)
     values = torch.arange(ids.numel()) + 1
-    rows, flat, shape = _group_by_row(runs, n_rows)
+    rows, flat, shape = group_by_row(runs, n_rows)
     assert flat.unique().numel() == ids.numel()  # a slot of its own for every entry
-    padded = _padded((rows, flat, shape), values, 0)
+    padded = padded((rows, flat, shape), values, 0)
     listed = torch.arange(n_rows) if rows is None else rows
     assert shape == (listed.numel(), int(torch.bincount(ids).max()))
     for group, row in enumerate(listed.tolist()):
         assert torch.equal(padded[group][padded[group] > 0].sort().values, values[ids == row]), row
-    assert _group_by_row([ids[:0], ids[:0]], n_rows) is None
+    assert group_by_row([ids[:0], ids[:0]], n_rows) is None
 
 
 def test_packed_order_key_is_the_same_on_either_byte_order(monkeypatch):
-    from neuronwidgets.reduce import packed_order_key
+    from neuronwidgets.reduce.topk import packed_order_key
 
     g = torch.Generator().manual_seed(7)
     values = torch.randn(5, 9, generator=g)
@@ -571,7 +574,7 @@ def test_packed_order_key_is_the_same_on_either_byte_order(monkeypatch):
 
 
 def test_histogram_bins_equal_a_search_at_every_edge():
-    from neuronwidgets.histogram import N_BINS, hist_bins
+    from neuronwidgets.reduce.moments import N_BINS, hist_bins
 
     edges = HIST_EDGES.astype(np.float32)
     special = np.array([0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 1e-30, 3e38, -3e38], np.float32)
@@ -622,7 +625,7 @@ def test_bad_collection_and_category_arguments_are_refused(tiny_session, data):
 
 
 def test_stand_in_maps_at_8_bits():
-    from neuronwidgets.reduce import code_histogram
+    from neuronwidgets.reduce.codes import code_histogram
 
     codes = torch.randint(0, 256, (4, 3, 50), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     hist = code_histogram(codes, 255)
@@ -631,7 +634,7 @@ def test_stand_in_maps_at_8_bits():
 
 def test_layers_reduced_side_by_side_equal_one_state_per_layer():
     """On a CPU a BatchReducer folds a group of layers as one LayerState: the same arrays as layer by layer."""
-    from neuronwidgets.reducer import BatchReducer
+    from neuronwidgets.collect.hook import BatchReducer
 
     g = torch.Generator().manual_seed(3)
     layers, B, P, Tm, T, N = [1, 4, 5], 6, 4, 5, 12, 7
@@ -663,7 +666,7 @@ def test_layers_reduced_side_by_side_equal_one_state_per_layer():
 
 
 def test_checkpoints_come_every_n_batches_or_by_time(tiny_session, data):
-    from neuronwidgets.collect import _CheckpointClock
+    from neuronwidgets.collect.runner import _CheckpointClock
 
     every = _CheckpointClock(3)
     assert [b for b in range(1, 10) if every.due(b)] == [3, 6, 9]
@@ -682,7 +685,7 @@ def test_checkpoints_come_every_n_batches_or_by_time(tiny_session, data):
 def test_a_batch_without_text_and_holes_in_the_text_mask():
     """Review finds: a batch whose texts are all empty crashed (text='generate' can answer nothing);
     a valid text token after an invalid one was cut off."""
-    from neuronwidgets.reducer import BatchReducer
+    from neuronwidgets.collect.hook import BatchReducer
 
     B, P, Tm, N = 3, 2, 3, 4
     acts = torch.randn(B, P + Tm, N, generator=torch.Generator().manual_seed(0))
@@ -706,7 +709,7 @@ def test_a_batch_without_text_and_holes_in_the_text_mask():
 
 
 def test_quantize_reads_tiny_and_huge_scales():
-    from neuronwidgets.reduce import quantize
+    from neuronwidgets.reduce.codes import quantize
 
     assert quantize(torch.tensor([[1e-40, 5e-41, 0.0]]), torch.tensor([[1e-40]]), 4).tolist() == [[15, 8, 0]]  # subnormal max
     assert quantize(torch.tensor([[1.5e38]]), torch.tensor([[3e38]]), 4).tolist() == [[8]]  # no overflow
@@ -715,7 +718,7 @@ def test_quantize_reads_tiny_and_huge_scales():
 
 def test_layer_by_layer_reducer_equals_update():
     """On a GPU (dense states) the BatchReducer folds each layer on its own, with the text trimmed once per batch."""
-    from neuronwidgets.reducer import BatchReducer
+    from neuronwidgets.collect.hook import BatchReducer
 
     g = torch.Generator().manual_seed(0)
 
@@ -829,7 +832,7 @@ def test_prefetching_collection_equals_the_plain_one_and_stops_at_a_failing_read
 def test_ahead_never_makes_the_caller_wait_for_a_read_in_flight():
     import threading
 
-    from neuronwidgets.collect import ahead
+    from neuronwidgets.collect.runner import ahead
 
     release, started = threading.Event(), threading.Event()
 
@@ -898,7 +901,7 @@ def test_a_dataset_given_to_load_is_checked_like_attach(tiny_session, data, one_
 
 def test_folders_of_earlier_versions_without_positions_or_prompts_still_match(one_pass):
     """An earlier merge left `positions` out of its manifest, and `prompts` came later: such a folder is the same collection."""
-    from neuronwidgets.index import collection_differences
+    from neuronwidgets.store.layout import collection_differences
 
     old = {k: v for k, v in one_pass.manifest.items() if k not in ("positions", "prompts")}
     assert collection_differences(old, one_pass.manifest) == []

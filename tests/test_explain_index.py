@@ -7,8 +7,14 @@ import pandas as pd
 import pytest
 
 from neuronwidgets.datasets.shapes import shapes
-from neuronwidgets.explain import ConceptExplainer, ConceptSimulator, Explanation, explain_all, score
-from neuronwidgets.index import NeuronIndex
+from neuronwidgets.explain import (
+    ConceptExplainer,
+    ConceptSimulator,
+    Explanation,
+    explain_all,
+    score,
+)
+from neuronwidgets.store.index import NeuronIndex
 
 KW = dict(top_k=8, random_k=6, batch_size=16, text="caption", progress=False, max_text_tokens=12)
 

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from neuronwidgets.datasets.shapes import shapes
-from neuronwidgets.explain import Explainer, Explanation, SimulationParseError, Simulator, explain_all, parse_activations, score
+from neuronwidgets.explain import (
+    Explainer,
+    Explanation,
+    SimulationParseError,
+    Simulator,
+    explain_all,
+    parse_activations,
+    score,
+)
 from neuronwidgets.explain.prompts import EXPLAIN_VERSION
 from neuronwidgets.llm import OpenAIClient
 from tests.llm_server import Reply, llm_server  # noqa: F401  (fixture)

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from neuronwidgets.reduce import LayerState
-from neuronwidgets.session import Session
+from neuronwidgets.model.session import Session
+from neuronwidgets.reduce.state import LayerState
 from tests.conftest import TINY_WORDS
 from tests.test_collect import KW, make_data
 

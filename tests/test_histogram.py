@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuronwidgets.histogram import HIST_EDGES, N_BINS, bin_counts, hist_bins
+from neuronwidgets.reduce.moments import HIST_EDGES, N_BINS, bin_counts, hist_bins
 
 
 def searched_bins(values: np.ndarray) -> np.ndarray:

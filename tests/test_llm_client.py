@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neuronwidgets.llm import LLMRequestError, OpenAIClient, image_part, message, text_part
+from neuronwidgets.llm import (
+    LLMRequestError,
+    OpenAIClient,
+    image_part,
+    message,
+    text_part,
+)
 from tests.llm_server import FakeLLMServer, Reply, llm_server  # noqa: F401  (fixture)
 
 SECRET = "sk-test-SECRET-do-not-store-0123456789"

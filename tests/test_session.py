@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from neuronwidgets.session import Session
+from neuronwidgets.model.session import Session
 from tests.conftest import PROMPT
 
 

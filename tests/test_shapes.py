@@ -7,8 +7,19 @@ import re
 import numpy as np
 import pytest
 
-from neuronwidgets.datasets.base import DESCRIBE_PROMPT, PROMPT_TEMPLATE, Sample, SampleList
-from neuronwidgets.datasets.shapes import COLORS, COUNT_WORDS, SHAPES, SHAPES_WORDS, shapes
+from neuronwidgets.datasets.base import (
+    DESCRIBE_PROMPT,
+    PROMPT_TEMPLATE,
+    Sample,
+    SampleList,
+)
+from neuronwidgets.datasets.shapes import (
+    COLORS,
+    COUNT_WORDS,
+    SHAPES,
+    SHAPES_WORDS,
+    shapes,
+)
 
 CAPTION = re.compile(
     r"^a (?P<c>\w+) (?P<s>\w+)((?: left of| above) a \w+ \w+){0,2}$"

@@ -13,7 +13,13 @@ import torch
 
 from neuronwidgets.datasets.shapes import COLORS, SHAPES, SHAPES_WORDS, shapes
 from neuronwidgets.toy import WEIGHTS_DIR, load_toy
-from neuronwidgets.toy.train import EVAL_SEED, REFERENCE_FILE, TRAINING_FILE, evaluate, reference_inputs
+from neuronwidgets.toy.train import (
+    EVAL_SEED,
+    REFERENCE_FILE,
+    TRAINING_FILE,
+    evaluate,
+    reference_inputs,
+)
 
 # A freshly trained folder can be checked before it is shipped: NEURONWIDGETS_TOY_DIR=runs/toy pytest ...
 TOY_DIR = Path(os.environ.get("NEURONWIDGETS_TOY_DIR", WEIGHTS_DIR))
@@ -85,10 +91,11 @@ def test_reference_logits_reproduced(toy):
     assert torch.equal(again["pixel_values"], ref["pixel_values"])
     with torch.no_grad():
         logits = model(input_ids=ref["input_ids"], pixel_values=ref["pixel_values"]).logits
-    if meta.get("cpu_capability") == torch.backends.cpu.get_cpu_capability() and meta.get("torch") == torch.__version__:
-        assert torch.equal(logits, ref["logits"])  # bit for bit where the kernels are the same
-    else:  # another CPU's vector kernels may round differently
-        torch.testing.assert_close(logits, ref["logits"], rtol=1e-4, atol=1e-4)
+    # Bit-exactness is not portable: two CPUs with the same capability string and torch version
+    # (AVX512, 2.13.0+cpu) differed by up to 1.5e-5 in 61,605 of 75,504 logits, also on one thread.
+    # The tolerance is ~10x that, and far below what would change an answer (the answers test).
+    torch.testing.assert_close(logits, ref["logits"], rtol=1e-4, atol=1e-4)
+    assert meta.get("torch"), "the reference file records the torch version it was made with"
 
 
 def test_answers_held_out_questions(toy, held_out):

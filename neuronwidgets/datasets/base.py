@@ -9,9 +9,7 @@ from typing import Any, overload
 import numpy as np
 from PIL import Image
 
-PROMPT_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
-DESCRIBE_QUESTION = "Could you describe the image?"
-DESCRIBE_PROMPT = PROMPT_TEMPLATE.format(question=DESCRIBE_QUESTION)
+from neuronwidgets.constants import DESCRIBE_PROMPT, DESCRIBE_QUESTION, PROMPT_TEMPLATE  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from neuronwidgets.datasets.base import DESCRIBE_PROMPT, Sample, SampleList
-from neuronwidgets.inputs import load_image
+from neuronwidgets.model.inputs import load_image
 
 
 def rle_counts_from_string(s: str) -> list[int]:

@@ -25,7 +25,7 @@ def as_samples(dataset) -> Sequence[Sample]:
         if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
             raise TypeError(f"item {i} of the dataset is {type(item).__name__}; expected a Sample or a tuple (image, prompt[, caption])")
         image, prompt, *rest = item
-        from neuronwidgets.inputs import load_image
+        from neuronwidgets.model.inputs import load_image
 
         samples.append(Sample(id=f"item-{i:06d}", image=load_image(image), prompt=prompt, caption=rest[0] if rest else None))
     return SampleList(samples, name="items", fingerprint=f"items:{len(samples)}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from neuronwidgets.datasets.base import DESCRIBE_PROMPT, Sample, SampleList
-from neuronwidgets.inputs import load_image
+from neuronwidgets.model.inputs import load_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 

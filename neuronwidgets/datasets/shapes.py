@@ -31,7 +31,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from neuronwidgets.datasets.base import DESCRIBE_PROMPT, PROMPT_TEMPLATE, QA, Sample, SampleList
+from neuronwidgets.datasets.base import (
+    DESCRIBE_PROMPT,
+    PROMPT_TEMPLATE,
+    QA,
+    Sample,
+    SampleList,
+)
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),

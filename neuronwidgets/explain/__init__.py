@@ -15,7 +15,11 @@ from neuronwidgets.explain.concept import ConceptExplainer, ConceptSimulator
 from neuronwidgets.explain.explainer import Explainer, ExplanationError
 from neuronwidgets.explain.explanation import Explanation
 from neuronwidgets.explain.scoring import ScoreResult, pearson, score
-from neuronwidgets.explain.simulator import SimulationParseError, Simulator, parse_activations
+from neuronwidgets.explain.simulator import (
+    SimulationParseError,
+    Simulator,
+    parse_activations,
+)
 
 __all__ = [
     "Explanation",

@@ -27,8 +27,8 @@ from neuronwidgets.explain.explainer import ExplanationError
 from neuronwidgets.explain.explanation import Explanation
 from neuronwidgets.explain.scoring import NoHeldOutRecords, score
 from neuronwidgets.explain.simulator import SimulationParseError
-from neuronwidgets.index import EXPLANATIONS
 from neuronwidgets.llm.errors import LLMRequestError
+from neuronwidgets.store.layout import EXPLANATIONS
 
 TABLE = EXPLANATIONS
 EXPLANATION_COLUMNS = ["layer", "neuron", "category", "text", "concept", "explainer", "model", "prompt_version", "explainer_settings",

@@ -10,7 +10,11 @@ from typing import Any
 
 from neuronwidgets.explain.data import category_of, sample_of
 from neuronwidgets.explain.explanation import Explanation
-from neuronwidgets.explain.prompts import EXPLAIN_VERSION, clean_explanation, explain_messages
+from neuronwidgets.explain.prompts import (
+    EXPLAIN_VERSION,
+    clean_explanation,
+    explain_messages,
+)
 from neuronwidgets.llm.messages import count_images
 from neuronwidgets.records import discretize
 from neuronwidgets.render import exemplar

@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-CATEGORIES = ("visual", "text", "multi-modal", "unactivated", "inactive")
+from neuronwidgets.constants import CATEGORIES
 
 
 @dataclass

@@ -21,8 +21,8 @@ from neuronwidgets.explain.baseline import pick_baseline
 from neuronwidgets.explain.data import dataset_of, is_index, sample_of
 from neuronwidgets.explain.explanation import Explanation
 from neuronwidgets.explain.simulator import SimulationParseError
-from neuronwidgets.index import check_same_neurons
 from neuronwidgets.records import ActivationRecord
+from neuronwidgets.store.identity import check_same_neurons
 
 KINDS = ("top", "random", "all")
 

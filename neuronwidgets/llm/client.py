@@ -22,7 +22,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import openai
 
-from neuronwidgets.llm.cache import CONNECTION_PARAMS, SAMPLING_PARAMS, DiskCache, request_key
+from neuronwidgets.llm.cache import (
+    CONNECTION_PARAMS,
+    SAMPLING_PARAMS,
+    DiskCache,
+    request_key,
+)
 from neuronwidgets.llm.errors import LLMRequestError
 from neuronwidgets.llm.messages import count_images
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from neuronwidgets.datasets.base import DESCRIBE_PROMPT, PROMPT_TEMPLATE
+from neuronwidgets.datasets.base import DESCRIBE_PROMPT
 from neuronwidgets.datasets.shapes import (
     COLORS,
     SHAPES,

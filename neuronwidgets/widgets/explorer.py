@@ -15,8 +15,16 @@ import traitlets as t
 from PIL import Image
 
 from neuronwidgets.checks import whole_number
-from neuronwidgets.index import check_same_neurons
-from neuronwidgets.widgets._base import NeuronWidget, f32, neuron_max, patch_top, png, scale_for, token_fields
+from neuronwidgets.store.identity import check_same_neurons
+from neuronwidgets.widgets._base import (
+    NeuronWidget,
+    f32,
+    neuron_max,
+    patch_top,
+    png,
+    scale_for,
+    token_fields,
+)
 from neuronwidgets.widgets.card import card_state
 from neuronwidgets.widgets.colors import CMAPS
 from neuronwidgets.widgets.simulation_plot import chart_spec, sim_state
@@ -193,7 +201,7 @@ class NeuronExplorer(NeuronWidget):
         return ConceptSimulator(data)
 
     def _initial_images(self, image, n_images: int) -> list[tuple[Image.Image, Any, str]]:
-        from neuronwidgets.inputs import load_image
+        from neuronwidgets.model.inputs import load_image
 
         out = []
         if image is not None:

@@ -7,8 +7,16 @@ import pandas as pd
 import traitlets as t
 
 from neuronwidgets.checks import whole_number
-from neuronwidgets.index import check_same_neurons
-from neuronwidgets.widgets._base import NeuronWidget, check_trace_place, f32, neuron_max, patch_top, png, scale_for
+from neuronwidgets.store.identity import check_same_neurons
+from neuronwidgets.widgets._base import (
+    NeuronWidget,
+    check_trace_place,
+    f32,
+    neuron_max,
+    patch_top,
+    png,
+    scale_for,
+)
 from neuronwidgets.widgets.colors import CMAPS
 
 

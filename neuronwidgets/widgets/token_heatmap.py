@@ -5,8 +5,15 @@ from __future__ import annotations
 import traitlets as t
 
 from neuronwidgets.checks import whole_number
-from neuronwidgets.index import check_same_neurons
-from neuronwidgets.widgets._base import NeuronWidget, check_trace_place, f32, neuron_max, scale_for, token_fields
+from neuronwidgets.store.identity import check_same_neurons
+from neuronwidgets.widgets._base import (
+    NeuronWidget,
+    check_trace_place,
+    f32,
+    neuron_max,
+    scale_for,
+    token_fields,
+)
 
 
 class TokenHeatmap(NeuronWidget):

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 def toy_explorer():
     from neuronwidgets.datasets.shapes import shapes
     from neuronwidgets.explain import ConceptExplainer, ConceptSimulator, explain_all
-    from neuronwidgets.session import Session
+    from neuronwidgets.model.session import Session
     from neuronwidgets.widgets import NeuronExplorer
 
     try:

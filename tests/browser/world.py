@@ -36,7 +36,7 @@ def known_trace():
     Neuron 1 is neuron 0 negated; neurons 2..5 hold small ramps (so each patch has a known
     top-neuron order).
     """
-    from neuronwidgets.trace import Trace
+    from neuronwidgets.model.trace import Trace
 
     text = KNOWN
     tokens = [t for t, _ in text[:2]] + ["<image>"] * 4 + [t for t, _ in text[2:]]
@@ -65,7 +65,7 @@ def tiny_world(n: int = 24, seed: int = 0):
     """(session, index, data, explanations table): a tiny random LLaVA on 64 px Shapes (4 x 4 patches)."""
     from neuronwidgets.datasets.shapes import SHAPES_WORDS, shapes
     from neuronwidgets.explain import ConceptExplainer, ConceptSimulator, explain_all
-    from neuronwidgets.session import Session
+    from neuronwidgets.model.session import Session
     from neuronwidgets.toy.build import build_model, build_processor
 
     words = list(SHAPES_WORDS) + ["red", "shape", "What", "is", "the"]

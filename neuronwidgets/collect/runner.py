@@ -1,17 +1,10 @@
-"""Stream a dataset through the model into a NeuronIndex: every neuron on every patch and text token.
-
-Memory does not grow with the dataset: each layer is reduced on the model's device inside
-its forward hook (see reduce.py). With a `path`, the collection checkpoints as it goes;
-the same call run again resumes where it stopped and ends with the same index.
-"""
+"""Stream a dataset through the model into a NeuronIndex, checkpointing and resuming as it goes."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,16 +14,17 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from neuronwidgets.collect.config import TEXT_SOURCES, check_indices
+from neuronwidgets.collect.hook import BatchReducer
+from neuronwidgets.collect.manifest import check_folder_for, run_manifest
 from neuronwidgets.datasets.convert import as_samples
-from neuronwidgets.histogram import HIST_EDGES
-from neuronwidgets.index import (FORMAT_VERSION, MANIFEST, IndexFormatError, NeuronIndex, RandomSet, collection_differences,
-                                 finish_interrupted_write, holds_other_files, positions_digest, random_key, read_json_object, read_table,
-                                 state_to_arrays, write_index)
-from neuronwidgets.reduce import LayerState
-from neuronwidgets.reducer import BatchReducer
-from neuronwidgets.session import token_texts
-
-TEXT_SOURCES = ("generate", "caption", "prompt")
+from neuronwidgets.model.encoding import token_texts
+from neuronwidgets.reduce.random_set import RandomSet, random_key
+from neuronwidgets.reduce.state import LayerState
+from neuronwidgets.store.codec import state_to_arrays
+from neuronwidgets.store.folder import write_index
+from neuronwidgets.store.index import NeuronIndex
+from neuronwidgets.store.reading import read_table
 
 
 def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int = 50, token_k: int | None = None,
@@ -71,7 +65,7 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
         raise ValueError(f"max_text_tokens must be >= {fewest_text_tokens} with text={text!r}, got {max_text_tokens!r}")
     samples = as_samples(dataset)
     layers = session.check_layers(layers)
-    positions = list(range(len(samples))) if indices is None else _check_indices(indices, len(samples))
+    positions = list(range(len(samples))) if indices is None else check_indices(indices, len(samples))
     if not positions:
         raise ValueError("indices is empty: nothing to collect" if indices is not None else "the dataset is empty: nothing to collect")
     rows, cols = session.grid
@@ -120,19 +114,6 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
         write_index(path, final, state, samples_df, random)
         return NeuronIndex.load(path, dataset=samples)
     return in_memory_index(final, state, samples_df, random, dataset=samples)
-
-
-def _check_indices(indices: Sequence[int], size: int) -> list[int]:
-    """Dataset positions to collect, each once: they are the samples' numbers in the index."""
-    positions = [int(i) for i in indices]
-    bad = [i for i in positions if not 0 <= i < size]
-    if bad:
-        raise IndexError(f"indices must be dataset positions 0..{size - 1}; got {bad[:5]}{' ...' if len(bad) > 5 else ''}")
-    repeated = sorted(i for i, count in Counter(positions).items() if count > 1)
-    if repeated:
-        raise ValueError(f"indices must name each sample once (a sample counted twice would fill its neurons' top-k twice); "
-                         f"repeated: {repeated[:5]}")
-    return positions
 
 
 def ahead(fn: Callable, items: Iterable) -> Iterator:
@@ -278,78 +259,3 @@ def _positions(session, encoded, text: str, max_text: int):
         valid[i, : len(tp)] = True
         kept.append(tp)
     return image_pos, kept, text_pos, valid
-
-
-def run_manifest(session, samples, layers: list[int], positions: list[int], *, text: str, top_k: int, map_k: int | None,
-                 token_k: int | None, random_k: int, map_bits: int, max_text_tokens: int, batch_size: int, seed: int) -> dict:
-    """What identifies a collection: the manifest `collect` writes, but for its progress and random samples."""
-    rows, cols = session.grid
-    return {
-        "format_version": FORMAT_VERSION,
-        "model": session.name,
-        "site": session.site,
-        "layers": layers,
-        "n_neurons": session.n_neurons,
-        "grid": [rows, cols],
-        "n_patches": rows * cols,
-        "text": text,
-        "top_k": top_k,
-        "map_k": top_k if map_k is None else min(map_k, top_k),
-        "token_k": token_k or top_k,
-        "random_k": random_k,
-        "map_bits": map_bits,
-        "max_text_tokens": max_text_tokens,
-        "batch_size": batch_size,
-        "seed": seed,
-        "hist_edges": HIST_EDGES.tolist(),
-        "dataset": {"fingerprint": getattr(samples, "fingerprint", "samples"), "spec": _spec_of(samples), "size": len(samples)},
-        "positions": positions_digest(positions),
-        "n_positions": len(positions),
-        "prompts": prompts_digest(samples),
-    }
-
-
-def check_folder_for(path: Path, manifest: dict, overwrite: bool) -> dict | None:
-    """Before writing the collection `manifest` to `path`: the folder's manifest when it holds this collection
-    (finished: reused; unfinished: resumed), None for a new or empty folder. Another collection, or files that
-    are not an index, are refused unless overwrite."""
-    finish_interrupted_write(path)  # a checkpoint whose write was killed: finish or drop it first
-    file = path / MANIFEST
-    if not file.exists():
-        if holds_other_files(path) and not overwrite:
-            raise IndexFormatError(f"{str(path)!r} holds files but no NeuronIndex (no {MANIFEST}): choose a new or empty "
-                                   f"folder, or {_OVERWRITE} to write an index into it")
-        return None
-    found = read_json_object(file)
-    diff = collection_differences(found, manifest)
-    if not diff and (found.get("complete") or isinstance(found.get("next_batch"), int)):
-        return found
-    if not overwrite:
-        if found.get("format_version") != FORMAT_VERSION:
-            raise IndexFormatError(f"{str(path)!r} holds an index in format version {found.get('format_version')!r}; this "
-                                   f"neuronwidgets writes version {FORMAT_VERSION}: {_OVERWRITE} to collect it again, or choose another path")
-        if diff:
-            raise IndexFormatError(f"{str(path)!r} holds a different collection (differs in: {', '.join(diff)}); "
-                                   f"choose another path, or {_OVERWRITE} to replace it")
-        raise IndexFormatError(f"{str(file)!r} describes an unfinished collection but not where it stopped (no next_batch): "
-                               f"the checkpoint is damaged; {_OVERWRITE} to start again")
-    return None  # (the old index's explanations are set aside when the new one moves in: see finish_interrupted_write)
-
-
-def prompts_digest(samples) -> str:
-    """A digest of every sample's prompt, in order: the prompt shapes every activation, and a dataset's
-    fingerprint does not cover prompts set on its samples (the command line's --prompt)."""
-    digest = hashlib.sha1()
-    for sample in samples:
-        digest.update(str(sample.prompt).encode() + b"\0")
-    return digest.hexdigest()
-
-
-_OVERWRITE = "pass overwrite=True (--overwrite on the command line)"
-
-
-def _spec_of(samples) -> str | None:
-    fp = getattr(samples, "fingerprint", None)
-    if isinstance(fp, str) and fp.split(":", 1)[0] in ("shapes", "folder", "coco"):
-        return fp
-    return None

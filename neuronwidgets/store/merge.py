@@ -7,8 +7,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from neuronwidgets.index import (MANIFEST, IndexFormatError, NeuronIndex, RandomSet, collection_differences, finish_interrupted_write,
-                                 holds_other_files, positions_digest, random_key, read_json_object, write_index)
+from neuronwidgets.reduce.random_set import RandomSet, random_key
+from neuronwidgets.store.folder import (
+    finish_interrupted_write,
+    holds_other_files,
+    write_index,
+)
+from neuronwidgets.store.index import NeuronIndex
+from neuronwidgets.store.layout import (
+    MANIFEST,
+    IndexFormatError,
+    collection_differences,
+    positions_digest,
+)
+from neuronwidgets.store.reading import read_json_object
 
 #: Manifest keys that must agree for indexes to merge.
 MERGE_KEYS = ("format_version", "model", "site", "layers", "n_neurons", "grid", "n_patches", "text", "top_k", "token_k",

@@ -10,7 +10,7 @@ import functools
 import numpy as np
 import torch
 
-from neuronwidgets.scratch import FRESH, Scratch
+from neuronwidgets.reduce.scratch import FRESH, Scratch
 
 #: Fixed histogram edges, symmetric and geometric (bins must not depend on the data, so
 #: histograms merge by adding): +-2^e and +-1.5 * 2^e from 2^-10 to 2^10 (about 0.001 to 1024),

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from neuronwidgets.adapters.base import ModelAdapter
+from neuronwidgets.model.adapters.base import ModelAdapter
 
 
 class LlavaAdapter(ModelAdapter):

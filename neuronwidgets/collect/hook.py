@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from neuronwidgets.reduce import LayerState, gather_tokens, trim_text
-from neuronwidgets.scratch import SCRATCH
+from neuronwidgets.reduce.gather import gather_tokens, trim_text
+from neuronwidgets.reduce.scratch import SCRATCH
+from neuronwidgets.reduce.state import LayerState
 
 #: Most bytes of gathered tokens a group of layers may hold per batch.
 GROUP_BUFFER_BYTES = 64 << 20

@@ -8,9 +8,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-#: Where a neuron is read. "act": act_fn(gate_proj(x)), the paper's neuron (default).
-#: "mlp_in": act_fn(gate_proj(x)) * up_proj(x), the input to down_proj.
-SITES = ("act", "mlp_in")
+from neuronwidgets.constants import PROMPT_TEMPLATE, SITES
 
 
 def check_site(site: str) -> str:
@@ -24,7 +22,7 @@ class ModelAdapter:
 
     family: str = "?"
     image_placeholder: str = "<image>"
-    prompt_template: str = "USER: <image>\n{question} ASSISTANT:"
+    prompt_template: str = PROMPT_TEMPLATE
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
@@ -110,7 +108,7 @@ def _keep_input(store: dict, layer: int):
 
 def adapter_for(model: nn.Module, processor) -> ModelAdapter:
     """The adapter for `model`'s family, or an error that lists the supported families."""
-    from neuronwidgets.adapters.llava import LlavaAdapter
+    from neuronwidgets.model.adapters.llava import LlavaAdapter
 
     for cls in (LlavaAdapter,):
         if cls.supports(model):

@@ -3,42 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from neuronwidgets.adapters import adapter_for
-from neuronwidgets.adapters.base import check_site
 from neuronwidgets.checks import whole_number
-from neuronwidgets.inputs import load_image
-from neuronwidgets.trace import Trace
-
-
-@dataclass
-class Encoded:
-    """One input ready for the model: token ids (image tokens expanded) and pixels."""
-
-    input_ids: list[int]
-    pixel_values: torch.Tensor  # [3, H, W]
-    n_prompt: int  # tokens before the continuation
-
-
-#: from_pretrained's keyword arguments that say where a checkpoint is: the processor gets them too.
-_HUB_KWARGS = ("local_files_only", "cache_dir", "revision", "token", "trust_remote_code", "subfolder", "force_download", "proxies")
-
-
-def _looks_like_path(name_or_path) -> bool:
-    """A folder path rather than a hub id ('owner/name'): a Path, or text that starts like a path or has more parts."""
-    text = str(name_or_path)
-    return isinstance(name_or_path, Path) or text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
-
-
-def _model_source(name_or_path) -> str:
-    """What transformers is given: a path with ~ expanded, a hub id as it is."""
-    return str(Path(name_or_path).expanduser()) if _looks_like_path(name_or_path) else str(name_or_path)
+from neuronwidgets.model.adapters import adapter_for
+from neuronwidgets.model.adapters.base import check_site
+from neuronwidgets.model.encoding import Encoded, Encoder
+from neuronwidgets.model.inputs import load_image
+from neuronwidgets.model.loading import HUB_KWARGS, looks_like_path, model_source
+from neuronwidgets.model.trace import Trace
 
 
 class Session:
@@ -52,6 +29,7 @@ class Session:
         self.model = model.eval()
         self.processor = processor
         self.adapter = adapter_for(model, processor)
+        self.encoder = Encoder(processor, self.adapter, model.get_input_embeddings().num_embeddings)
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.site = check_site(site)
 
@@ -71,19 +49,19 @@ class Session:
             dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
         elif isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        source = _model_source(name_or_path)
+        source = model_source(name_or_path)
         asked_offline = "local_files_only" in kwargs  # the caller's own choice: no advice about download=
         kwargs.setdefault("local_files_only", not download)
         # The processor too comes from where the weights do (cache_dir, revision, token, ...); it is
         # read first, so a checkpoint that is not there fails before gigabytes of weights are read.
-        hub = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
+        hub = {k: v for k, v in kwargs.items() if k in HUB_KWARGS}
         try:
             processor = AutoProcessor.from_pretrained(source, **hub)
             model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
         except OSError as err:
             if not kwargs["local_files_only"] or Path(source).exists():
                 raise
-            if _looks_like_path(name_or_path):
+            if looks_like_path(name_or_path):
                 raise FileNotFoundError(f"no model folder at {source!r}") from err
             if asked_offline:
                 raise FileNotFoundError(f"{source!r} is not in the Hugging Face cache (local_files_only=True)") from err
@@ -161,17 +139,20 @@ class Session:
 
     # --- inputs ----------------------------------------------------------------
     def check_prompt(self, prompt: str) -> str:
-        placeholder = self.adapter.image_placeholder
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        count = prompt.count(placeholder)
-        if count != 1:
-            what = "does not contain" if count == 0 else f"contains {count} times"
-            raise ValueError(
-                f"the prompt {what} the image placeholder {placeholder!r}; it must appear exactly once. "
-                f"Expected a prompt like {self.adapter.prompt_template.format(question='What is in the image?')!r}"
-            )
-        return prompt
+        """`prompt` if it holds the image placeholder exactly once; else a ValueError showing a good prompt."""
+        return self.encoder.check_prompt(prompt)
+
+    def encode(self, image, prompt: str, continuation: str | Sequence[int] | None = None) -> Encoded:
+        """Token ids with the image placeholder expanded, and the image's pixel values."""
+        return self.encoder.encode_batch([image], [prompt], [continuation])[0]
+
+    def encode_batch(self, images: Sequence, prompts: Sequence[str], continuations: Sequence | None = None) -> list[Encoded]:
+        """`encode` for several inputs in one processor call (see `Encoder.encode_batch`)."""
+        return self.encoder.encode_batch(images, prompts, continuations)
+
+    def token_table(self, enc: Encoded) -> pd.DataFrame:
+        """One row per position: position, token_id, token, modality, part, row, col."""
+        return self.encoder.token_table(enc)
 
     def check_layers(self, layers: Sequence[int] | None) -> list[int]:
         n = self.n_layers
@@ -190,72 +171,6 @@ class Session:
         if not out:
             raise ValueError(f"no layers given: pass layers=None for all {n}, or layer numbers in 0..{n - 1}")
         return sorted(set(out))
-
-    def encode(self, image, prompt: str, continuation: str | Sequence[int] | None = None) -> Encoded:
-        """Token ids with the image placeholder expanded, and the image's pixel values."""
-        return self.encode_batch([image], [prompt], [continuation])[0]
-
-    def encode_batch(self, images: Sequence, prompts: Sequence[str], continuations: Sequence | None = None) -> list[Encoded]:
-        """`encode` for several inputs in one processor call: the same ids and pixels as one call each, in a
-        third of the time on the toy (a processor call has a fixed cost). A continuation: text, or token ids."""
-        continuations = [None] * len(images) if continuations is None else list(continuations)
-        if not len(images) == len(prompts) == len(continuations):
-            raise ValueError(f"got {len(images)} images, {len(prompts)} prompts and {len(continuations)} continuations")
-        for prompt in prompts:
-            self.check_prompt(prompt)
-        pils = [load_image(im) for im in images]
-        if not pils:
-            return []
-        if len(pils) > 1 and self.tokenizer.pad_token is None:  # a tokenizer without a pad token: one call each
-            return [self.encode_batch([im], [p], [c])[0] for im, p, c in zip(pils, prompts, continuations)]
-        enc = self.processor(images=pils, text=list(prompts), return_tensors="pt", padding=len(pils) > 1)
-        real = enc["attention_mask"].bool()  # whichever side the tokenizer pads
-        texts = [i for i, c in enumerate(continuations) if isinstance(c, str) and c.strip()]
-        said = self.tokenizer([" " + continuations[i].strip() for i in texts], add_special_tokens=False)["input_ids"] if texts else []
-        cont = dict(zip(texts, said))
-        out = []
-        for i, c in enumerate(continuations):
-            ids = enc["input_ids"][i][real[i]].tolist()
-            n_prompt = len(ids)
-            if c is not None:
-                ids = ids + self._checked_continuation(cont.get(i, []) if isinstance(c, str) else c)
-            out.append(Encoded(ids, enc["pixel_values"][i], n_prompt))
-        return out
-
-    def _checked_continuation(self, ids) -> list[int]:
-        """Continuation token ids, checked: in the model's vocabulary, and no image token (its image is the prompt's)."""
-        ids = [whole_number(t, "a continuation token id") for t in ids]
-        vocab = self.model.get_input_embeddings().num_embeddings
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"continuation token ids {bad[:5]} are outside the model's vocabulary 0..{vocab - 1}")
-        if self.adapter.image_token_id in ids:
-            raise ValueError(f"the continuation holds the image token ({self.adapter.image_placeholder!r}): an image goes in the prompt, "
-                             "once; the continuation is text the model reads after it")
-        return ids
-
-    def token_table(self, enc: Encoded) -> pd.DataFrame:
-        """One row per position: position, token_id, token, modality, part, row, col."""
-        ids = np.asarray(enc.input_ids)
-        is_image = ids == self.adapter.image_token_id
-        rows, cols = self.grid
-        n_image = int(is_image.sum())
-        if n_image != rows * cols:
-            raise ValueError(f"expected {rows * cols} image tokens for a {rows}x{cols} grid, found {n_image}")
-        order = np.cumsum(is_image) - 1
-        positions = np.arange(len(ids))
-        part = np.where(is_image, "image", np.where(positions < enc.n_prompt, "prompt", "continuation"))
-        return pd.DataFrame(
-            {
-                "position": positions,
-                "token_id": ids,
-                "token": token_texts(self.tokenizer, ids),
-                "modality": np.where(is_image, "image", "text"),
-                "part": part,
-                "row": np.where(is_image, order // cols, -1),
-                "col": np.where(is_image, order % cols, -1),
-            }
-        )
 
     # --- the forward pass --------------------------------------------------------
     @torch.inference_mode()
@@ -356,19 +271,13 @@ class Session:
 
     def describe(self, image, max_new_tokens: int = 48) -> str:
         """The model's description of `image` (the paper's text side)."""
-        from neuronwidgets.datasets.base import DESCRIBE_QUESTION
+        from neuronwidgets.constants import DESCRIBE_QUESTION
 
         return self.generate(image, self.adapter.prompt_template.format(question=DESCRIBE_QUESTION), max_new_tokens)
 
     # --- collection ------------------------------------------------------------------
     def collect(self, dataset, **kwargs):
         """Stream `dataset` through the model into a NeuronIndex (see `neuronwidgets.collect`)."""
-        from neuronwidgets.collect import collect
+        from neuronwidgets.collect.runner import collect
 
         return collect(self, dataset, **kwargs)
-
-
-def token_texts(tokenizer, ids: Sequence[int]) -> list[str]:
-    """Each token's own text, faithfully: SentencePiece's '\u2581' as a space, byte tokens kept."""
-    pieces = tokenizer.convert_ids_to_tokens([int(i) for i in ids])
-    return [(p or "").replace("\u2581", " ").replace("\u0120", " ").replace("\u010a", "\n") for p in pieces]

@@ -1,244 +1,28 @@
-"""Streaming, mergeable reductions of one layer's neurons: moments, histograms, top-k records.
-
-Everything here is a torch tensor on the model's device, updated batch by batch inside the
-forward hook, so only small results ever reach the host. Every reduction merges exactly
-(counts and histograms add; top-k keeps a total order: value desc, then sample/position asc),
-which is what makes resume and shard merging give the index of one pass.
-"""
+"""LayerState: the mergeable reductions of one layer's neurons (moments, histograms, top-k, maps)."""
 
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 import torch
 
-from neuronwidgets.histogram import N_BINS, ZERO_BIN, bin_counts
-from neuronwidgets.scratch import FRESH, SCRATCH
-
-MODALITIES = ("image", "text")
-#: Candidates buffered before a merge, as a share of the list entries (n * k).
-PENDING_SHARE = 1.0
-PENDING_TOP_BYTES = 32 << 20
-
-
-def top_order(values: torch.Tensor, keys: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
-    """Per row, the indices of the `k` best entries: value descending, then key ascending (keys >= -1).
-
-    A total order, so ties (identical background patches are common) break the same way
-    whatever order the data came in. On a CPU, where checking the keys' range is free, value
-    and key are packed into one int64 and selected by one topk (3x faster than two sorts;
-    with ordered=False, the k best in any order, several times faster again).
-    """
-    if values.device.type == "cpu" and keys.numel() and int(keys.max()) < _PACKED_KEY_LIMIT:
-        return torch.topk(packed_order_key(values, keys), k, dim=1, sorted=ordered).indices
-    return sorted_top_order(values, keys, k)
+from neuronwidgets.constants import MODALITIES
+from neuronwidgets.reduce.codes import map_codes, quantize, store_codes
+from neuronwidgets.reduce.gather import gather_tokens, trim_text
+from neuronwidgets.reduce.moments import N_BINS, ZERO_BIN, bin_counts
+from neuronwidgets.reduce.scratch import FRESH, SCRATCH
+from neuronwidgets.reduce.topk import (
+    PACKED_KEY_LIMIT,
+    PENDING_SHARE,
+    PENDING_TOP_BYTES,
+    CandidateBuffer,
+    group_by_row,
+    nan_loses,
+    padded,
+    top_order,
+)
 
 
-_PACKED_KEY_LIMIT = (1 << 32) - 1
-
-
-def packed_order_key(values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """int64 that grows with the value and falls with the key: (value bits, order-preserving) << 32 | ~key.
-
-    values float32; keys in -1 .. 2^32 - 2. -0.0 is read as +0.0 (they tie, as floats do).
-    """
-    out = torch.sub(_PACKED_KEY_LIMIT - 1, keys)  # ~key in the low 32 bits, the high ones 0
-    if sys.byteorder == "little":  # the value's bits go straight into the high halves: one new array, not eight
-        high = out.view(torch.int32).view(*out.shape, 2)[..., 1]
-        bits = torch.add(values.float(), 0.0, out=high.view(torch.float32)).view(torch.int32)  # + 0.0: -0.0 as +0.0
-        bits ^= torch.bitwise_right_shift(bits, 31).bitwise_and_(0x7FFFFFFF)  # int32 order == float order
-        return out
-    bits = (values.float() + 0.0).view(torch.int32)
-    return out | ((bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(torch.int64) << 32)
-
-
-def sorted_top_order(values: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
-    """top_order by two stable sorts (any key range, no device sync).
-
-    -0.0 is read as +0.0, as in the packed key: CUDA's radix sort puts -0.0 first where a CPU
-    ties them (pytorch#162235), and a tie must fall to the keys on every device.
-    """
-    by_key = torch.argsort(keys, dim=1, stable=True)
-    vals = torch.gather(values, 1, by_key) + 0.0
-    by_val = torch.argsort(-vals, dim=1, stable=True)
-    return torch.gather(by_key, 1, by_val)[:, :k]
-
-
-def quantize(values: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """round((2^bits - 1) * relu(v) / scale) as uint8, where `scale` is at least the values' maximum.
-
-    Where scale <= 0 every relu(v) is 0, and so is the code; NaN gives 0.
-    """
-    q = (1 << bits) - 1
-    codes = torch.clamp(values.float(), min=0).div_(scale.float()).mul_(q).round_()  # relu(v) / scale <= 1: no overflow
-    return codes.nan_to_num_(0.0).clamp_(max=q).to(torch.uint8)  # 0 / 0 where scale is 0
-
-
-def dequantize(codes: np.ndarray, scale, bits: int) -> np.ndarray:
-    q = (1 << bits) - 1
-    return (np.asarray(codes, np.float32) / q) * np.asarray(scale, np.float32)
-
-
-def pack4(codes):
-    """Two 4-bit codes per byte along the last axis (padded to even length): a numpy array or a torch tensor."""
-    if isinstance(codes, torch.Tensor):
-        if codes.shape[-1] % 2:
-            codes = torch.nn.functional.pad(codes, (0, 1))
-        return codes[..., 0::2] | (codes[..., 1::2] << 4)
-    if codes.shape[-1] % 2:
-        codes = np.concatenate([codes, np.zeros(codes.shape[:-1] + (1,), np.uint8)], axis=-1)
-    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
-
-
-def unpack4(packed, length: int):
-    """The codes `pack4` packed, cut to `length`: a numpy array or a torch tensor."""
-    halves = (packed & 0x0F, packed >> 4)
-    both = torch.stack(halves, -1) if isinstance(packed, torch.Tensor) else np.stack(halves, -1)
-    return both.reshape(packed.shape[:-1] + (packed.shape[-1] * 2,))[..., :length]
-
-
-def store_codes(codes, bits: int):
-    """Maps of uint8 codes [..., length] as an index keeps them, in files and in a LayerState (4-bit: two to a byte)."""
-    return pack4(codes) if bits == 4 else codes
-
-
-def map_codes(stored, width: int, bits: int):
-    """Stored maps as one uint8 code per patch or token, cut to `width`: numpy or torch."""
-    return unpack4(stored, width) if bits == 4 else stored[..., :width]
-
-
-def code_histogram(codes: torch.Tensor, levels: int, chunk: int = 1 << 22) -> torch.Tensor:
-    """Counts of the codes 1..levels along the last axis: [..., L] uint8 -> [..., levels] int64.
-
-    Code 0 is left out: its level is 0, which no category threshold counts, and the
-    histogram is all the paper rule needs of a top sample whose map is not kept.
-    """
-    lead, length = codes.shape[:-1], codes.shape[-1]
-    if length == 0 or codes.numel() == 0:  # no text tokens (max_text_tokens=0), or no samples past map_k
-        return torch.zeros(lead + (levels,), dtype=torch.int64, device=codes.device)
-    flat = codes.reshape(-1, length)
-    out = torch.zeros((flat.shape[0], levels + 1), dtype=torch.int64, device=codes.device)
-    step = max(1, chunk // max(length, 1))
-    for start in range(0, flat.shape[0], step):
-        part = flat[start : start + step].to(torch.int64)
-        rows = part.shape[0]
-        part = part + torch.arange(rows, device=codes.device)[:, None] * (levels + 1)
-        out[start : start + rows] = torch.bincount(part.view(-1), minlength=rows * (levels + 1)).view(rows, levels + 1)
-    return out[:, 1:].reshape(lead + (levels,))
-
-
-def codes_from_histogram(hist: torch.Tensor, length: int) -> torch.Tensor:
-    """A map with the given code histogram ([..., levels] -> [..., length] uint8), codes in descending order.
-
-    Stands in for a map that was not kept: such a sample can only fall further in the ranking
-    (resume, merge), so only its histogram is ever read again.
-    """
-    levels = hist.shape[-1]
-    at_least = hist.flip(-1).cumsum(-1)  # [..., j]: how many codes are >= levels - j (non-decreasing)
-    pos = torch.arange(length, device=hist.device).expand(hist.shape[:-1] + (length,)).contiguous()
-    # the code at position p is the number of codes c with (count of codes >= c) > p
-    return (levels - torch.searchsorted(at_least.contiguous(), pos, right=True)).to(torch.uint8)
-
-
-def _group_by_row(ids, n_rows: int):
-    """Entries by the row (0 .. n_rows - 1) they belong to: (rows, flat, (groups, width)), or None when there are none.
-
-    ids: a tensor, or the runs (a list of tensors) whose concatenation it is; a run whose ids
-    ascend is laid out without a sort (candidates arrive neuron by neuron, a run per batch).
-    rows: the distinct ids, ascending, or None when most rows have entries: then every row is
-    a group (group g is row g), which spares the caller gathering and scattering the rows. Entry
-    i goes to [g, s] of a padded [groups, width] array (s: a slot of its own in its group), which
-    is flat[i] = g * width + s of the array's flattened form (see `_padded`).
-    """
-    runs = [r for r in (ids if isinstance(ids, (list, tuple)) else [ids]) if r.numel()]
-    if not runs:
-        return None
-    counts = [torch.bincount(r, minlength=n_rows) for r in runs]
-    total = counts[0] if len(counts) == 1 else torch.stack(counts).sum(0)
-    present = total > 0
-    width = int(total.max())
-    if int(present.sum()) * 2 > n_rows:
-        rows, group_of = None, None
-    else:
-        rows, group_of = present.nonzero().view(-1), present.cumsum(0) - 1
-    flats, before = [], torch.zeros_like(total)  # before: each row's entries in earlier runs
-    for run, count in zip(runs, counts):
-        order = None if _ascending(run) else torch.argsort(run.to(torch.int32), stable=True)  # int32: a third faster
-        ordered = run if order is None else run.index_select(0, order)
-        # in a run sorted by row, an entry's slot is its place after the row's first entry, after earlier runs' entries
-        slot = torch.arange(run.numel(), device=run.device) + (before - (count.cumsum(0) - count))[ordered]
-        flat = (ordered if group_of is None else group_of[ordered]) * width + slot
-        flats.append(flat if order is None else torch.empty_like(flat).index_copy_(0, order, flat))
-        before += count
-    return rows, flats[0] if len(flats) == 1 else torch.cat(flats), (n_rows if rows is None else rows.numel(), width)
-
-
-def _ascending(ids: torch.Tensor) -> bool:
-    return ids.numel() < 2 or bool((ids[1:] >= ids[:-1]).all())
-
-
-def _padded(group, values: torch.Tensor, fill) -> torch.Tensor:
-    """The grouped entries' `values` laid out as `_group_by_row`'s padded [groups, width] array, `fill` elsewhere."""
-    _, flat, shape = group
-    out = torch.full(shape, fill, dtype=values.dtype, device=values.device)
-    out.view(-1).index_copy_(0, flat, values)
-    return out
-
-
-class _Pending:
-    """Candidates for one kind of top-k list, buffered between merges: columns of equal length, the neuron first
-    (ascending within a part spares the merge a sort).
-
-    A column may be 2-D with a width that differs from part to part (text maps cut to each
-    batch's longest text): parts are padded with zeros to the widest.
-    """
-
-    def __init__(self):
-        self.parts: list[tuple[torch.Tensor, ...]] = []
-        self.size = 0
-
-    def add(self, *columns: torch.Tensor) -> None:
-        self.parts.append(columns)
-        self.size += columns[0].numel()
-
-    def take(self):
-        """(the neuron column of each part, the other columns concatenated), None when empty; the buffer emptied.
-
-        The neuron columns stay parts: the merge lays them out run by run (see `_group_by_row`).
-        """
-        parts, self.parts, self.size = self.parts, [], 0
-        if not parts:
-            return None
-        cols = []
-        for c in list(zip(*parts))[1:]:
-            if c[0].dim() == 2:
-                width = max(x.shape[1] for x in c)
-                c = [torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in c]
-            cols.append(torch.cat(c) if len(c) > 1 else c[0])
-        return [part[0] for part in parts], cols
-
-
-def _nan_loses(values: torch.Tensor) -> torch.Tensor:
-    """values with NaN as -inf (a new tensor): in a top-k list, -inf loses to every entry, empty slots included."""
-    return torch.nan_to_num(values, nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf)
-
-
-def trim_text(text_pos: torch.Tensor, text_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The text positions and validity [B, Tm] cut after the batch's last valid text token."""
-    last = text_valid * torch.arange(1, text_valid.shape[1] + 1, device=text_valid.device)
-    width = int(last.max().item()) if text_valid.numel() else 0
-    return text_pos[:, :width], text_valid[:, :width]
-
-
-def gather_tokens(acts: torch.Tensor, pos: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """acts[b, pos[b, j]] for every b, j as [B, J, N], written to `out` ([B * J, N], rows may be strided)."""
-    B, J = pos.shape
-    rows = (torch.arange(B, device=acts.device)[:, None] * acts.shape[1] + pos).reshape(-1)
-    return torch.index_select(acts.reshape(-1, acts.shape[2]), 0, rows, out=out).view(B, J, out.shape[-1])
-
-
-def _neuron_axis(name: str) -> int | None:
+def neuron_axis(name: str) -> int | None:
     """The axis of a state array that runs over neurons (None for the per-batch counts)."""
     if name.endswith("_count"):
         return None
@@ -285,7 +69,7 @@ class LayerState:
         self.top_k, self.token_k, self.random_k, self.bits = top_k, token_k, random_k, bits
         dev = torch.device(device)
         self.set_design(sparse=dev.type == "cpu", keep_dtype=dev.type != "cpu")
-        self._pending = {"image": _Pending(), "text": _Pending(), "top": _Pending()}
+        self._pending = {"image": CandidateBuffer(), "text": CandidateBuffer(), "top": CandidateBuffer()}
         # Buffer as many candidates as a list holds before merging: merges cost O(1) per candidate.
         # Candidate top samples carry their maps: at most PENDING_TOP_BYTES of them (at LLaVA's shape
         # n * top_k would be as large as the state itself).
@@ -330,7 +114,7 @@ class LayerState:
         ts = [s.t for s in states]
         t = {}
         for name in ts[0]:
-            axis = _neuron_axis(name)
+            axis = neuron_axis(name)
             if axis is None:
                 if any(not torch.equal(u[name], ts[0][name]) for u in ts):
                     raise ValueError(f"the states have seen different data ({name} differs)")
@@ -344,7 +128,7 @@ class LayerState:
         t = self.t
         out, start = [], 0
         for size in sizes:
-            part = {name: v if _neuron_axis(name) is None else v.narrow(_neuron_axis(name), start, size) for name, v in t.items()}
+            part = {name: v if neuron_axis(name) is None else v.narrow(neuron_axis(name), start, size) for name, v in t.items()}
             out.append(self._with_arrays(size, part))
             start += size
         return out
@@ -495,11 +279,11 @@ class LayerState:
             again = (best.values[:, k - 1] == best.values[:, k]) & (best.values[:, k] > -torch.inf) | best.values.isnan().any(1)
             again = again.nonzero().view(-1)  # a device sync
             if again.numel():
-                pick[again] = top_order(_nan_loses(flat_v[again].float()), keys.expand(again.numel(), -1), k)
+                pick[again] = top_order(nan_loses(flat_v[again].float()), keys.expand(again.numel(), -1), k)
             flat_v = torch.gather(flat_v, 1, pick)
         else:
             pick = torch.arange(flat_v.shape[1], device=flat_v.device)[None].expand(n, -1)
-        self._merge_tokens(m, None, _nan_loses(flat_v), keys[pick])
+        self._merge_tokens(m, None, nan_loses(flat_v), keys[pick])
 
     def _offer_tokens(self, m: str, vals: torch.Tensor, vmax: torch.Tensor, samples: torch.Tensor) -> None:
         """Buffer the tokens of vals [B, w, N] that can still enter a neuron's exemplars: those at or above its bound.
@@ -542,9 +326,9 @@ class LayerState:
         if taken is None:
             return
         runs, (value, key) = taken
-        group = _group_by_row(runs, self.n)
+        group = group_by_row(runs, self.n)
         # padding: value -inf and the largest key lose to every kept entry, empty ones included
-        self._merge_tokens(m, group[0], _padded(group, value, -torch.inf), _padded(group, key, _PACKED_KEY_LIMIT - 1))
+        self._merge_tokens(m, group[0], padded(group, value, -torch.inf), padded(group, key, PACKED_KEY_LIMIT - 1))
         if self._floors is not None:
             self._floors[m] = self._t[f"tok_{m}_value"][:, -1].clone()
 
@@ -589,12 +373,12 @@ class LayerState:
         taken = self._pending["top"].take()
         if taken is not None:
             runs, (value, sample, image_codes, text_codes) = taken
-            group = _group_by_row(runs, self.n)
-            new_s = _padded(group, sample, _PACKED_KEY_LIMIT - 1)  # padding: loses to any slot, even an empty one
-            slots = self._take_slots(group[0], _padded(group, value, -torch.inf), new_s)
+            group = group_by_row(runs, self.n)
+            new_s = padded(group, sample, PACKED_KEY_LIMIT - 1)  # padding: loses to any slot, even an empty one
+            slots = self._take_slots(group[0], padded(group, value, -torch.inf), new_s)
             if slots is not None:
                 n_sel, slot, chosen = slots
-                c = _padded(group, torch.arange(value.numel(), device=value.device), 0)[chosen]  # row-major, as n_sel
+                c = padded(group, torch.arange(value.numel(), device=value.device), 0)[chosen]  # row-major, as n_sel
                 self._write_slots(n_sel, slot, value[c], sample[c], image_codes[c], text_codes[c])
         if self._floors is not None:
             self._floors["top"] = self._t["top_value"].amin(1)
@@ -627,7 +411,7 @@ class LayerState:
     def _update_top_dense(self, smax, samples, img, txt) -> None:
         """Top samples with fixed shapes: every (sample, neuron) pair competes (a NaN as -inf: it never enters)."""
         new_s = samples[None].expand(self.n, -1)
-        taken = self._take_slots(None, _nan_loses(smax.T), new_s)
+        taken = self._take_slots(None, nan_loses(smax.T), new_s)
         if taken is None:
             return
         n_sel, slot, chosen = taken

@@ -1,0 +1,82 @@
+"""Map codes: activations quantised on a sample's own scale, packed 4-bit, and their histograms."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def quantize(values: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """round((2^bits - 1) * relu(v) / scale) as uint8, where `scale` is at least the values' maximum.
+
+    Where scale <= 0 every relu(v) is 0, and so is the code; NaN gives 0.
+    """
+    q = (1 << bits) - 1
+    codes = torch.clamp(values.float(), min=0).div_(scale.float()).mul_(q).round_()  # relu(v) / scale <= 1: no overflow
+    return codes.nan_to_num_(0.0).clamp_(max=q).to(torch.uint8)  # 0 / 0 where scale is 0
+
+
+def dequantize(codes: np.ndarray, scale, bits: int) -> np.ndarray:
+    q = (1 << bits) - 1
+    return (np.asarray(codes, np.float32) / q) * np.asarray(scale, np.float32)
+
+
+def pack4(codes):
+    """Two 4-bit codes per byte along the last axis (padded to even length): a numpy array or a torch tensor."""
+    if isinstance(codes, torch.Tensor):
+        if codes.shape[-1] % 2:
+            codes = torch.nn.functional.pad(codes, (0, 1))
+        return codes[..., 0::2] | (codes[..., 1::2] << 4)
+    if codes.shape[-1] % 2:
+        codes = np.concatenate([codes, np.zeros(codes.shape[:-1] + (1,), np.uint8)], axis=-1)
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+
+
+def unpack4(packed, length: int):
+    """The codes `pack4` packed, cut to `length`: a numpy array or a torch tensor."""
+    halves = (packed & 0x0F, packed >> 4)
+    both = torch.stack(halves, -1) if isinstance(packed, torch.Tensor) else np.stack(halves, -1)
+    return both.reshape(packed.shape[:-1] + (packed.shape[-1] * 2,))[..., :length]
+
+
+def store_codes(codes, bits: int):
+    """Maps of uint8 codes [..., length] as an index keeps them, in files and in a LayerState (4-bit: two to a byte)."""
+    return pack4(codes) if bits == 4 else codes
+
+
+def map_codes(stored, width: int, bits: int):
+    """Stored maps as one uint8 code per patch or token, cut to `width`: numpy or torch."""
+    return unpack4(stored, width) if bits == 4 else stored[..., :width]
+
+
+def code_histogram(codes: torch.Tensor, levels: int, chunk: int = 1 << 22) -> torch.Tensor:
+    """Counts of the codes 1..levels along the last axis: [..., L] uint8 -> [..., levels] int64.
+
+    Code 0 is left out: its level is 0, which no category threshold counts, and the
+    histogram is all the paper rule needs of a top sample whose map is not kept.
+    """
+    lead, length = codes.shape[:-1], codes.shape[-1]
+    if length == 0 or codes.numel() == 0:  # no text tokens (max_text_tokens=0), or no samples past map_k
+        return torch.zeros(lead + (levels,), dtype=torch.int64, device=codes.device)
+    flat = codes.reshape(-1, length)
+    out = torch.zeros((flat.shape[0], levels + 1), dtype=torch.int64, device=codes.device)
+    step = max(1, chunk // max(length, 1))
+    for start in range(0, flat.shape[0], step):
+        part = flat[start : start + step].to(torch.int64)
+        rows = part.shape[0]
+        part = part + torch.arange(rows, device=codes.device)[:, None] * (levels + 1)
+        out[start : start + rows] = torch.bincount(part.view(-1), minlength=rows * (levels + 1)).view(rows, levels + 1)
+    return out[:, 1:].reshape(lead + (levels,))
+
+
+def codes_from_histogram(hist: torch.Tensor, length: int) -> torch.Tensor:
+    """A map with the given code histogram ([..., levels] -> [..., length] uint8), codes in descending order.
+
+    Stands in for a map that was not kept: such a sample can only fall further in the ranking
+    (resume, merge), so only its histogram is ever read again.
+    """
+    levels = hist.shape[-1]
+    at_least = hist.flip(-1).cumsum(-1)  # [..., j]: how many codes are >= levels - j (non-decreasing)
+    pos = torch.arange(length, device=hist.device).expand(hist.shape[:-1] + (length,)).contiguous()
+    # the code at position p is the number of codes c with (count of codes >= c) > p
+    return (levels - torch.searchsorted(at_least.contiguous(), pos, right=True)).to(torch.uint8)
