@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from neuronwidgets.constants import SITES
 from neuronwidgets.llm.errors import LLMRequestError
 
 
@@ -62,7 +63,7 @@ def layer_list(text: str | None) -> list[int] | None:
 
 
 def cmd_collect(args) -> int:
-    from neuronwidgets import distributed as dist
+    from neuronwidgets.collect import distributed as dist
     from neuronwidgets.collect.manifest import check_folder_for, run_manifest
     from neuronwidgets.store.index import NeuronIndex
 
@@ -149,7 +150,7 @@ def cmd_explain(args) -> int:
             explain_all,
         )
     except ImportError as err:  # pragma: no cover
-        raise SystemExit(f"explanations are not available: {err}")
+        raise SystemExit(f"explanations are not available: {err}") from err
     index = NeuronIndex.load(args.index)
     holdout = NeuronIndex.load(args.holdout) if args.holdout else None
     scored_on = holdout if holdout is not None else index  # where the held-out records' samples are
@@ -223,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-text-tokens", type=int, default=64)
     c.add_argument("--map-bits", type=int, default=4, choices=[4, 8])
     c.add_argument("--prompt", help="a prompt template with <image>, used for every image")
-    c.add_argument("--site", default="act", choices=["act", "mlp_in"])
+    c.add_argument("--site", default="act", choices=list(SITES))
     c.add_argument("--device")
     c.add_argument("--dtype")
     c.add_argument("--limit", type=int)

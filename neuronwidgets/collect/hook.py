@@ -31,8 +31,9 @@ class BatchReducer:
         if first.sparse:
             per_layer = batch_size * (first.P + first.Tm) * first.n * 4
             size = max(1, GROUP_BUFFER_BYTES // max(per_layer, 1))
-            self._groups = [_LayerGroup({l: states[l] for l in self.layers[i : i + size]}) for i in range(0, len(self.layers), size)]
-        self._group_of = {l: g for g in self._groups for l in g.layers}
+            self._groups = [_LayerGroup({layer: states[layer] for layer in self.layers[i : i + size]})
+                            for i in range(0, len(self.layers), size)]
+        self._group_of = {layer: g for g in self._groups for layer in g.layers}
         self._batch = None
 
     def begin(self, image_pos: torch.Tensor, text_pos: torch.Tensor, text_valid: torch.Tensor, samples: torch.Tensor,
@@ -63,12 +64,12 @@ class _LayerGroup:
 
     def __init__(self, states: dict[int, LayerState]):
         self.layers = sorted(states)
-        self.sizes = [states[l].n for l in self.layers]
+        self.sizes = [states[layer].n for layer in self.layers]
         if len(set(self.sizes)) > 1:
             raise ValueError(f"layers reduced side by side need the same number of neurons, got {self.sizes}")
         self.n = self.sizes[0]
-        self.state = LayerState.concat([states[l] for l in self.layers])
-        self._slot = {l: i for i, l in enumerate(self.layers)}
+        self.state = LayerState.concat([states[layer] for layer in self.layers])
+        self._slot = {layer: i for i, layer in enumerate(self.layers)}
         self._seen = 0
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
 

@@ -64,7 +64,8 @@ def check_folder_for(path: Path, manifest: dict, overwrite: bool) -> dict | None
     if not overwrite:
         if found.get("format_version") != FORMAT_VERSION:
             raise IndexFormatError(f"{str(path)!r} holds an index in format version {found.get('format_version')!r}; this "
-                                   f"neuronwidgets writes version {FORMAT_VERSION}: {OVERWRITE_ADVICE} to collect it again, or choose another path")
+                                   f"neuronwidgets writes version {FORMAT_VERSION}: {OVERWRITE_ADVICE} to collect it again, "
+                                   "or choose another path")
         if diff:
             raise IndexFormatError(f"{str(path)!r} holds a different collection (differs in: {', '.join(diff)}); "
                                    f"choose another path, or {OVERWRITE_ADVICE} to replace it")

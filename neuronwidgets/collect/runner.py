@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from neuronwidgets.collect.config import TEXT_SOURCES, check_indices
 from neuronwidgets.collect.hook import BatchReducer
 from neuronwidgets.collect.manifest import check_folder_for, run_manifest
 from neuronwidgets.datasets.convert import as_samples
-from neuronwidgets.model.encoding import token_texts
+from neuronwidgets.model.encoding import Encoded, token_texts
 from neuronwidgets.reduce.random_set import RandomSet, random_key
 from neuronwidgets.reduce.state import LayerState
 from neuronwidgets.store.codec import state_to_arrays
@@ -26,11 +27,18 @@ from neuronwidgets.store.folder import write_index
 from neuronwidgets.store.index import NeuronIndex
 from neuronwidgets.store.reading import read_table
 
+if TYPE_CHECKING:
+    from PIL import Image
 
-def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int = 50, token_k: int | None = None,
-            random_k: int = 10, map_k: int | None = 30, batch_size: int = 16, path: str | Path | None = None, text: str = "generate",
-            max_text_tokens: int = 64, map_bits: int = 4, checkpoint_every: int | None = None, indices: Sequence[int] | None = None,
-            seed: int = 0, overwrite: bool = False, progress: bool = True, prefetch: bool | None = None) -> NeuronIndex:
+    from neuronwidgets.datasets.base import Sample
+    from neuronwidgets.model.session import Session
+
+
+def collect(session: Session, dataset: Iterable[Sample | tuple], *, layers: Sequence[int] | None = None, top_k: int = 50,
+            token_k: int | None = None, random_k: int = 10, map_k: int | None = 30, batch_size: int = 16,
+            path: str | Path | None = None, text: str = "generate", max_text_tokens: int = 64, map_bits: int = 4,
+            checkpoint_every: int | None = None, indices: Sequence[int] | None = None, seed: int = 0, overwrite: bool = False,
+            progress: bool = True, prefetch: bool | None = None) -> NeuronIndex:
     """Record `layers` (default all) over `dataset` and return its NeuronIndex.
 
     text: which tokens count as text tokens, as in the paper: "generate" (the model's own
@@ -73,7 +81,8 @@ def collect(session, dataset, *, layers: Sequence[int] | None = None, top_k: int
                             random_k=random_k, map_bits=map_bits, max_text_tokens=max_text_tokens, batch_size=batch_size, seed=seed)
     batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
     device = session.device
-    state = {layer: LayerState(session.n_neurons, rows * cols, max_text_tokens, top_k, manifest["token_k"], random_k, map_bits, device) for layer in layers}
+    state = {layer: LayerState(session.n_neurons, rows * cols, max_text_tokens, top_k, manifest["token_k"], random_k, map_bits, device)
+             for layer in layers}
     random = RandomSet(random_k, seed)
     sample_rows: list[dict] = []
     start = 0
@@ -176,14 +185,14 @@ class PreparedBatch:
     unless the text is generated, the encoded inputs, token positions and table rows."""
 
     batch: list[int]
-    items: list
-    images: list
-    encoded: list | None = None
-    positions: tuple | None = None
+    items: list[Sample]
+    images: list[Image.Image]
+    encoded: list[Encoded] | None = None
+    positions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     rows: list[dict] = field(default_factory=list)
 
 
-def prepare_batch(session, samples, batch: list[int], text: str, max_text_tokens: int) -> PreparedBatch:
+def prepare_batch(session: Session, samples: Sequence[Sample], batch: list[int], text: str, max_text_tokens: int) -> PreparedBatch:
     """Read a batch of dataset positions and, where the text needs no model, encode it."""
     items = [samples[i] for i in batch]
     prepared = PreparedBatch(batch, items, [s.get_image() for s in items])
@@ -199,7 +208,7 @@ def prepare_batch(session, samples, batch: list[int], text: str, max_text_tokens
     return prepared
 
 
-def _encode(session, prepared: PreparedBatch, conts: list, text: str, max_text_tokens: int) -> None:
+def _encode(session: Session, prepared: PreparedBatch, conts: list, text: str, max_text_tokens: int) -> None:
     """Encode the batch with its continuations; fill in its token positions and table rows."""
     tok = session.tokenizer
     prepared.encoded = session.encode_batch(prepared.images, [s.prompt for s in prepared.items], conts)
@@ -211,7 +220,8 @@ def _encode(session, prepared: PreparedBatch, conts: list, text: str, max_text_t
                               "text_tokens": token_texts(tok, ids), "text": tok.decode(ids, skip_special_tokens=True)})
 
 
-def run_batch(session, prepared: PreparedBatch, reducer: BatchReducer, random: RandomSet, text: str, max_text_tokens: int) -> list[dict]:
+def run_batch(session: Session, prepared: PreparedBatch, reducer: BatchReducer, random: RandomSet, text: str,
+              max_text_tokens: int) -> list[dict]:
     """Run a prepared batch through the model (generating its text first if asked) and fold it in; its table rows."""
     if prepared.encoded is None:
         conts = session.generate_ids(prepared.images, [s.prompt for s in prepared.items], max_new_tokens=max_text_tokens)
@@ -224,7 +234,9 @@ def run_batch(session, prepared: PreparedBatch, reducer: BatchReducer, random: R
     return prepared.rows
 
 
-def in_memory_index(manifest: dict, state: dict[int, LayerState], samples: pd.DataFrame, random: RandomSet, dataset=None) -> NeuronIndex:
+def in_memory_index(manifest: dict, state: dict[int, LayerState], samples: pd.DataFrame, random: RandomSet,
+                    dataset: Sequence[Sample] | None = None) -> NeuronIndex:
+    """The NeuronIndex of a finished collection kept in memory (no `path`): the arrays a folder would hold."""
     canon = random.canonical()
     manifest = {**manifest, "random_samples": [int(s) for _, s, _ in canon], "n_samples": int(len(samples))}
     arrays, frames = {}, []

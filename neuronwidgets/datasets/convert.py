@@ -16,7 +16,8 @@ def as_samples(dataset) -> Sequence[Sample]:
             return SampleList(dataset, name="samples", fingerprint=f"samples:{len(dataset)}:" + ",".join(s.id for s in dataset[:3]))
         return dataset
     if not isinstance(dataset, Iterable):
-        raise TypeError(f"a dataset must be a sequence of Sample or an iterable of (image, prompt[, caption]); got {type(dataset).__name__}")
+        raise TypeError("a dataset must be a sequence of Sample or an iterable of (image, prompt[, caption]); "
+                        f"got {type(dataset).__name__}")
     samples = []
     for i, item in enumerate(dataset):
         if isinstance(item, Sample):

@@ -15,6 +15,7 @@ from neuronwidgets.decode.causal import (
     score_explanation,
 )
 from neuronwidgets.decode.lm_head import (
+    COLUMNS,
     DIRECTIONS,
     FILENAME,
     KINDS,
@@ -29,7 +30,7 @@ from neuronwidgets.decode.lm_head import (
 )
 
 __all__ = [
-    "CausalScore", "DIRECTIONS", "DecodingFormatError", "FILENAME", "KINDS", "ModelParts", "NeuronDecoding",
+    "COLUMNS", "CausalScore", "DIRECTIONS", "DecodingFormatError", "FILENAME", "KINDS", "ModelParts", "NeuronDecoding",
     "causal_score", "clamp_sweep", "decode_directions", "decode_neurons", "find_parts", "load_decoding",
     "next_token_logprobs", "score_explanation", "vocab_texts",
 ]

@@ -45,6 +45,37 @@ def _module(model) -> nn.Module:
     raise TypeError(f"expected a transformers model or a Session, got {type(model).__name__}")
 
 
+def session_inputs(session, pairs: Sequence) -> list[dict]:
+    """Model inputs (batch size 1 each) for (image, prompt) pairs, encoded the way `session.trace` encodes them."""
+    out = []
+    for pair in pairs:
+        if isinstance(pair, Mapping):
+            out.append(dict(pair))
+            continue
+        try:
+            image, prompt = pair
+        except (TypeError, ValueError):
+            raise TypeError(f"an input is a mapping of tensors or an (image, prompt) pair, got {type(pair).__name__}") from None
+        enc = session.encode(image, prompt)
+        out.append({"input_ids": torch.tensor([enc.input_ids]),
+                    "attention_mask": torch.ones(1, len(enc.input_ids), dtype=torch.long),
+                    "pixel_values": enc.pixel_values[None].to(session.dtype)})
+    return out
+
+
+def _as_inputs(model, inputs) -> list:
+    if isinstance(inputs, Mapping):
+        return [inputs]
+    inputs = list(inputs)
+    if not isinstance(model, nn.Module) and hasattr(model, "encode"):
+        return session_inputs(model, inputs)
+    bad = [type(x).__name__ for x in inputs if not isinstance(x, Mapping)]
+    if bad:
+        raise TypeError(f"inputs for a bare model are mappings of tensors (a processor's output), got {bad[0]}; "
+                        "(image, prompt) pairs need a Session")
+    return inputs
+
+
 def _last_positions(inputs: Mapping) -> torch.Tensor:
     mask = inputs.get("attention_mask")
     ids = inputs.get("input_ids")
@@ -64,11 +95,10 @@ def next_token_logprobs(model, inputs: Sequence[Mapping], spec: Mapping | None =
     """log p(next token) at each input's last position, float32 [n_inputs, vocab], with neurons clamped by `spec`.
 
     Each element of `inputs` is a mapping of tensors for ``model(**inputs)`` (a processor's
-    output), batch size 1 or a padded batch.
+    output), batch size 1 or a padded batch; with a Session as `model`, also an (image, prompt) pair.
     """
     module = _module(model)
-    if isinstance(inputs, Mapping):
-        inputs = [inputs]
+    inputs = _as_inputs(model, inputs)
     rows = []
     layers = find_parts(module).layers
     device = next(module.parameters()).device
@@ -127,6 +157,7 @@ def causal_score(model, inputs: Sequence[Mapping], layer: int, neuron: int, valu
     tokens = [whole_number(t, "token id") for t in tokens]
     if not tokens:
         raise ValueError("no tokens to score")
+    inputs = _as_inputs(model, inputs)
     before = next_token_logprobs(module, inputs)
     after = next_token_logprobs(module, inputs, {(layer, neuron): value}, site=site, means=means)
     vocab = before.shape[1]
@@ -170,6 +201,7 @@ def clamp_sweep(model, inputs: Sequence[Mapping], layer: int, neuron: int, value
     module = _module(model)
     layer, neuron = check_neuron(find_parts(module).layers, (layer, neuron))
     tokens = [whole_number(t, "token id") for t in tokens]
+    inputs = _as_inputs(model, inputs)
     rows = []
     for v in values:
         lp = next_token_logprobs(module, inputs, {(layer, neuron): v}, site=site)[:, tokens]

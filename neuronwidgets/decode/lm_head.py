@@ -391,10 +391,13 @@ class NeuronDecoding:
         if missing:
             raise DecodingFormatError(f"{str(file)!r} lacks the columns {missing}")
         for col, allowed in (("kind", KINDS), ("direction", DIRECTIONS)):
-            bad = set(frame[col].astype(str).unique()) - set(allowed)
+            values = frame[col]
+            seen = values.cat.categories if isinstance(values.dtype, pd.CategoricalDtype) else values.unique()
+            bad = {str(v) for v in seen} - set(allowed)
             if bad:
                 raise DecodingFormatError(f"{str(file)!r}: unknown {col} values {sorted(bad)}")
-            frame[col] = pd.Categorical(frame[col].astype(str), categories=list(allowed))
+            if not (isinstance(values.dtype, pd.CategoricalDtype) and list(values.cat.categories) == list(allowed)):
+                frame[col] = pd.Categorical(values.astype(str), categories=list(allowed))
         return cls(frame[COLUMNS], meta)
 
 

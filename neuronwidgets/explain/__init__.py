@@ -7,8 +7,11 @@ Concept family (offline, from concept masks):
     exp = ConceptExplainer(data).explain(index, layer=3, neuron=117)
     result = score(exp, index, simulator=ConceptSimulator(heldout), holdout=heldout)
 Many neurons: explain_all(index, explainer=..., simulator=..., holdout=heldout).
+Your own explainer or simulator: any object with the members of `NeuronExplainer` /
+`NeuronSimulator` (typing Protocols, checked with isinstance).
 """
 
+from neuronwidgets.explain.base import NeuronExplainer, NeuronSimulator
 from neuronwidgets.explain.baseline import pick_baseline
 from neuronwidgets.explain.batch import explain_all
 from neuronwidgets.explain.concept import ConceptExplainer, ConceptSimulator
@@ -35,4 +38,6 @@ __all__ = [
     "pearson",
     "pick_baseline",
     "explain_all",
+    "NeuronExplainer",
+    "NeuronSimulator",
 ]

@@ -14,11 +14,19 @@ while another can be found: a baseline that says the same thing measures nothing
 
 from __future__ import annotations
 
+from collections.abc import Container
+from typing import TYPE_CHECKING
+
 import numpy as np
+import pandas as pd
 
 from neuronwidgets.explain import formula as fm
 from neuronwidgets.explain.data import categories
 from neuronwidgets.explain.explanation import Explanation
+
+if TYPE_CHECKING:
+    from neuronwidgets.explain.base import NeuronExplainer, NeuronSimulator
+    from neuronwidgets.store.index import NeuronIndex
 
 
 def _terms(exp: Explanation) -> set[str]:
@@ -42,7 +50,7 @@ def _fit(candidate: Explanation, explanation: Explanation) -> int:
     return 2 if not (_terms(candidate) & _terms(explanation)) else 1
 
 
-def candidate_order(index, layer: int, neuron: int, category: str | None, allowed=None) -> list[int]:
+def candidate_order(index: NeuronIndex, layer: int, neuron: int, category: str | None, allowed: Container[int] | None = None) -> list[int]:
     """Other neurons of `layer`: same category first, each group in an order fixed by (layer, neuron); inactive ones left out."""
     try:
         table = categories(index)
@@ -70,7 +78,8 @@ def _first_fit(explanation: Explanation, candidates) -> Explanation | None:
     return best
 
 
-def pick_baseline(explanation: Explanation, index, *, explainer=None, simulator=None, table=None,
+def pick_baseline(explanation: Explanation, index: NeuronIndex | None, *, explainer: NeuronExplainer | None = None,
+                  simulator: NeuronSimulator | None = None, table: pd.DataFrame | None = None,
                   max_tries: int = 8) -> tuple[Explanation | None, str]:
     """(another neuron's explanation, a note on how it was found) — or (None, why not).
 

@@ -15,8 +15,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -29,6 +31,11 @@ from neuronwidgets.explain.scoring import NoHeldOutRecords, score
 from neuronwidgets.explain.simulator import SimulationParseError
 from neuronwidgets.llm.errors import LLMRequestError
 from neuronwidgets.store.layout import EXPLANATIONS
+
+if TYPE_CHECKING:
+    from neuronwidgets.explain.base import NeuronExplainer, NeuronSimulator
+    from neuronwidgets.records import ActivationRecord
+    from neuronwidgets.store.index import NeuronIndex
 
 TABLE = EXPLANATIONS
 EXPLANATION_COLUMNS = ["layer", "neuron", "category", "text", "concept", "explainer", "model", "prompt_version", "explainer_settings",
@@ -80,7 +87,9 @@ def _empty_row(exp: Explanation) -> dict:
     return row
 
 
-def explain_all(index, neurons=None, explainer=None, simulator=None, *, holdout=None, path: str | os.PathLike | None = None,
+def explain_all(index: NeuronIndex, neurons: Iterable[tuple[int, int]] | pd.DataFrame | None = None,
+                explainer: NeuronExplainer | None = None, simulator: NeuronSimulator | None = None, *,
+                holdout: NeuronIndex | list[ActivationRecord] | None = None, path: str | os.PathLike | None = None,
                 resume: bool = True, progress: bool = True, workers: int | None = None, save_every: int = 25,
                 n_top: int | None = 20, n_random: int | None = 20) -> pd.DataFrame:
     """Explain `neurons` of `index` (default: every neuron that is not inactive) and, with a simulator, score them.
@@ -138,7 +147,8 @@ def explain_all(index, neurons=None, explainer=None, simulator=None, *, holdout=
             # Scored means the simulator column is set: a NaN score (a constant simulation) is a result too.
             # ... on the held-out records asked for now (else scored again; tables from before the column: kept).
             scoring = [k for k in todo if k in rows and _isnull(rows[k].get("error"))
-                       and (_isnull(rows[k].get("simulator")) or not _isnull(rows[k].get("held_out")) and not _same_held_out(rows[k]["held_out"], held_out))]
+                       and (_isnull(rows[k].get("simulator"))
+                            or not _isnull(rows[k].get("held_out")) and not _same_held_out(rows[k]["held_out"], held_out))]
             bar.close()  # a bar of its own (a reset bar keeps its first start and shows negative rates)
             bar = tqdm(total=len(todo), initial=len(todo) - len(scoring), desc="score", unit="neuron",
                        disable=not progress or not scoring)
@@ -215,7 +225,10 @@ def _held_out_tag(holdout) -> str:
 
 
 def _same_held_out(stored: str, now: str) -> bool:
-    """Whether a row's held_out tag names the hold-out scored now (a tag from before positions were added names its dataset and size alone)."""
+    """Whether a row's held_out tag names the hold-out scored now.
+
+    A tag from before positions were added names its dataset and size alone.
+    """
     return stored == now or (now.startswith("holdout:") and stored == now.rsplit(":", 1)[0])
 
 
@@ -261,7 +274,8 @@ def _shared_samples(index, holdout) -> set[str]:
     """
     fingerprint = lambda i: ((getattr(i, "manifest", None) or {}).get("dataset") or {}).get("fingerprint")  # noqa: E731
     a, b = getattr(index, "samples", None), getattr(holdout, "samples", None)
-    if fingerprint(index) is None or fingerprint(index) != fingerprint(holdout) or not isinstance(a, pd.DataFrame) or not isinstance(b, pd.DataFrame):
+    if (fingerprint(index) is None or fingerprint(index) != fingerprint(holdout)
+            or not isinstance(a, pd.DataFrame) or not isinstance(b, pd.DataFrame)):
         return set()
     shared = set(a["sample"]) & set(b["sample"])  # positions in the one dataset
     return set(a.loc[a["sample"].isin(shared), "sample_id"].astype(str))

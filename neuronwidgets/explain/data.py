@@ -5,20 +5,27 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from neuronwidgets.records import ActivationRecord
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from neuronwidgets.datasets.base import Sample
+    from neuronwidgets.store.index import NeuronIndex
 
 _categories: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _ids: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
-def is_index(obj) -> bool:
+def is_index(obj: Any) -> bool:
     """Whether `obj` looks like a NeuronIndex (it hands out records per neuron)."""
     return hasattr(obj, "records") and hasattr(obj, "neuron_max")
 
 
-def categories(index, rule: str = "paper"):
+def categories(index: NeuronIndex, rule: str = "paper") -> pd.DataFrame:
     """`index.categories(rule)`, computed once per index object (it reads every layer)."""
     with _lock:
         per_index = _categories.setdefault(index, {})
@@ -27,7 +34,7 @@ def categories(index, rule: str = "paper"):
         return per_index[rule]
 
 
-def category_of(index, layer: int, neuron: int, rule: str = "paper") -> str:
+def category_of(index: NeuronIndex, layer: int, neuron: int, rule: str = "paper") -> str:
     """The category of one neuron ('visual', 'text', 'multi-modal', 'unactivated' or 'inactive')."""
     table = categories(index, rule)
     row = table[(table["layer"] == layer) & (table["neuron"] == neuron)]
@@ -36,7 +43,7 @@ def category_of(index, layer: int, neuron: int, rule: str = "paper") -> str:
     return str(row["category"].iloc[0])
 
 
-def dataset_of(source):
+def dataset_of(source: NeuronIndex | Sequence[Sample] | None) -> Sequence[Sample] | None:
     """The samples behind `source`: an index's dataset, or `source` itself when it is a sequence of samples."""
     if source is None:
         return None
@@ -57,7 +64,7 @@ def _positions_by_id(data) -> dict[str, int]:
         return {str(getattr(s, "id", i)): i for i, s in enumerate(data)}
 
 
-def sample_of(source, record: ActivationRecord):
+def sample_of(source: NeuronIndex | Sequence[Sample] | None, record: ActivationRecord) -> Sample:
     """The Sample a record came from: by position in the source's dataset, else by its id (a superset or shifted slice)."""
     data = dataset_of(source)
     if data is None:

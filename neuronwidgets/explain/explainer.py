@@ -6,7 +6,8 @@ them); a text neuron's as token lists with 0-10 activations; a multi-modal neuro
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from neuronwidgets.explain.data import category_of, sample_of
 from neuronwidgets.explain.explanation import Explanation
@@ -18,6 +19,11 @@ from neuronwidgets.explain.prompts import (
 from neuronwidgets.llm.messages import count_images
 from neuronwidgets.records import discretize
 from neuronwidgets.render import exemplar
+
+if TYPE_CHECKING:
+    from neuronwidgets.datasets.base import Sample
+    from neuronwidgets.llm.client import OpenAIClient
+    from neuronwidgets.store.index import NeuronIndex
 
 
 class ExplanationError(ValueError):
@@ -36,8 +42,9 @@ class Explainer:
 
     name = "llm"
 
-    def __init__(self, client, data=None, *, n_images: int = 8, n_texts: int = 10, min_side: int = 224, style: str = "white",
-                 detail: str = "auto", prompt_version: str = EXPLAIN_VERSION, category_rule: str = "paper"):
+    def __init__(self, client: OpenAIClient, data: NeuronIndex | Sequence[Sample] | None = None, *, n_images: int = 8,
+                 n_texts: int = 10, min_side: int = 224, style: str = "white", detail: str = "auto",
+                 prompt_version: str = EXPLAIN_VERSION, category_rule: str = "paper") -> None:
         self.client = client
         self.data = data
         self.n_images = n_images
@@ -53,11 +60,15 @@ class Explainer:
 
     @property
     def settings(self) -> dict:
-        """What shapes a request besides the model, the prompt version and the neuron's records (explain_all explains again when it changes)."""
+        """What shapes a request besides the model, the prompt version and the neuron's records.
+
+        explain_all explains again when it changes.
+        """
         return {"n_images": self.n_images, "n_texts": self.n_texts, "min_side": self.min_side, "style": self.style,
                 "detail": self.detail, "category_rule": self.category_rule}
 
-    def messages(self, index, layer: int, neuron: int, category: str | None = None) -> tuple[list[dict[str, Any]], list[str], str]:
+    def messages(self, index: NeuronIndex, layer: int, neuron: int,
+                 category: str | None = None) -> tuple[list[dict[str, Any]], list[str], str]:
         """(the chat request, the sample ids it shows, the category) for one neuron: to inspect before paying."""
         category = category or category_of(index, layer, neuron, self.category_rule)
         top = index.records(layer, neuron, "top")
@@ -75,7 +86,7 @@ class Explainer:
                 used.append(rec.sample_id)
         return explain_messages(images, texts, self.detail), list(dict.fromkeys(used)), category
 
-    def explain(self, index, layer: int, neuron: int, category: str | None = None) -> Explanation:
+    def explain(self, index: NeuronIndex, layer: int, neuron: int, category: str | None = None) -> Explanation:
         """Explain one neuron of `index` (category from `index.categories()` unless given)."""
         category = category or category_of(index, layer, neuron, self.category_rule)
         base = dict(layer=layer, neuron=neuron, category=category, model=self.client.model,

@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from neuronwidgets.constants import CATEGORIES
+from neuronwidgets.constants import CATEGORIES, CATEGORY_MODALITY
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Explanation:
     concept: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.layer, self.neuron = int(self.layer), int(self.neuron)
         if self.category not in CATEGORIES:
             raise ValueError(f"category must be one of {CATEGORIES}, got {self.category!r}")
@@ -41,7 +41,7 @@ class Explanation:
     @property
     def modality(self) -> str:
         """Which values the explanation speaks of: 'image' (patches), 'text' (tokens) or 'both'."""
-        return {"visual": "image", "text": "text"}.get(self.category, "both")
+        return CATEGORY_MODALITY.get(self.category, "both")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (round-trips through `from_dict`)."""

@@ -69,7 +69,7 @@ def terms(f: Formula) -> list[str]:
     return list(dict.fromkeys(t for child in f[1:] for t in terms(child)))
 
 
-def canonical(f: Formula):
+def canonical(f: Formula) -> tuple:
     """A hashable form equal for formulas that differ only in the order of AND / OR operands."""
     if f[0] == "term":
         return f

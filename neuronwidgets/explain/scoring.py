@@ -10,13 +10,15 @@ that cannot be parsed is never scored as zeros: the input is left out and counte
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from neuronwidgets.constants import MODALITIES
 from neuronwidgets.explain.baseline import pick_baseline
 from neuronwidgets.explain.data import dataset_of, is_index, sample_of
 from neuronwidgets.explain.explanation import Explanation
@@ -24,10 +26,16 @@ from neuronwidgets.explain.simulator import SimulationParseError
 from neuronwidgets.records import ActivationRecord
 from neuronwidgets.store.identity import check_same_neurons
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from neuronwidgets.explain.base import NeuronExplainer, NeuronSimulator
+    from neuronwidgets.store.index import NeuronIndex
+
 KINDS = ("top", "random", "all")
 
 
-def pearson(a, b) -> float:
+def pearson(a: ArrayLike, b: ArrayLike) -> float:
     """Pearson correlation; NaN when there are fewer than two values or either side is constant."""
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     if a.size != b.size:
@@ -154,7 +162,8 @@ def _simulate_all(explanation, records, modalities, simulator, source, workers: 
             except SimulationParseError as e:
                 err = str(e)
             if sim is not None and sim.shape != real.shape:
-                raise ValueError(f"simulator {type(simulator).__name__} gave {sim.size} values for {real.size} {m} values of sample {rec.sample_id!r}")
+                raise ValueError(f"simulator {type(simulator).__name__} gave {sim.size} values for {real.size} {m} values "
+                                 f"of sample {rec.sample_id!r}")
             rows.append({"position": i, "sample": rec.sample, "sample_id": rec.sample_id, "kind": rec.kind, "modality": m,
                          "real": real, "simulated": sim, "corr": pearson(real, sim) if sim is not None else float("nan"), "error": err,
                          "tokens": list(rec.text_tokens) if m == "text" else None})
@@ -185,9 +194,10 @@ def _scores(df: pd.DataFrame) -> tuple[dict[str, float], int]:
     return out, int(df["simulated"].isna().sum()) if len(df) else 0
 
 
-def score(explanation: Explanation, index_or_inputs, simulator, holdout=None, *, baseline: Explanation | bool | None = None,
-          explainer=None, baseline_table=None, modality: str | None = None, n_top: int | None = 20, n_random: int | None = 20,
-          workers: int | None = None) -> ScoreResult:
+def score(explanation: Explanation, index_or_inputs: NeuronIndex | Sequence[ActivationRecord], simulator: NeuronSimulator,
+          holdout: NeuronIndex | Sequence[ActivationRecord] | None = None, *, baseline: Explanation | bool | None = None,
+          explainer: NeuronExplainer | None = None, baseline_table: pd.DataFrame | None = None, modality: str | None = None,
+          n_top: int | None = 20, n_random: int | None = 20, workers: int | None = None) -> ScoreResult:
     """Score `explanation` by simulating its neuron on held-out inputs, beside a baseline explanation.
 
     index_or_inputs: the NeuronIndex the explanation came from (used to find a baseline, and
@@ -203,9 +213,9 @@ def score(explanation: Explanation, index_or_inputs, simulator, holdout=None, *,
     workers: simulations in flight at once (default: the simulator's client's max_concurrency, else 1).
     """
     modality = modality or explanation.modality
-    if modality not in ("image", "text", "both"):
+    if modality not in (*MODALITIES, "both"):
         raise ValueError(f"modality must be 'image', 'text' or 'both', got {modality!r}")
-    modalities = ("image", "text") if modality == "both" else (modality,)
+    modalities = MODALITIES if modality == "both" else (modality,)
     records, source = _holdout_inputs(explanation, index_or_inputs, holdout, n_top, n_random)
     if not records:
         raise ValueError(f"no held-out inputs for layer {explanation.layer} neuron {explanation.neuron}")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +27,11 @@ from neuronwidgets.explain.prompts import (
 )
 from neuronwidgets.records import ActivationRecord
 from neuronwidgets.render import patch_grid
+
+if TYPE_CHECKING:
+    from neuronwidgets.datasets.base import Sample
+    from neuronwidgets.llm.client import OpenAIClient
+    from neuronwidgets.store.index import NeuronIndex
 
 
 class SimulationParseError(ValueError):
@@ -102,8 +108,8 @@ class Simulator:
 
     name = "llm"
 
-    def __init__(self, client, data=None, *, prompt_version: str = SIMULATE_VERSION, min_side: int = 384, detail: str = "auto",
-                 reask: bool = True):
+    def __init__(self, client: OpenAIClient, data: NeuronIndex | Sequence[Sample] | None = None, *,
+                 prompt_version: str = SIMULATE_VERSION, min_side: int = 384, detail: str = "auto", reask: bool = True) -> None:
         self.client = client
         self.data = data
         self.prompt_version = prompt_version
@@ -114,8 +120,8 @@ class Simulator:
     def __repr__(self) -> str:
         return f"<Simulator {getattr(self.client, 'model', '?')!r} prompt {self.prompt_version!r}>"
 
-    def simulate(self, explanation: Explanation | str, item, modality: str = "image", *, sample=None,
-                 grid: tuple[int, int] | None = None, tokens: list[str] | None = None) -> np.ndarray:
+    def simulate(self, explanation: Explanation | str, item: ActivationRecord | Sample, modality: str = "image", *,
+                 sample: Sample | None = None, grid: tuple[int, int] | None = None, tokens: list[str] | None = None) -> np.ndarray:
         """Predicted 0-10 activations on `item` (an ActivationRecord or a Sample) for 'image' or 'text'."""
         text = explanation.text if isinstance(explanation, Explanation) else str(explanation)
         record = item if isinstance(item, ActivationRecord) else None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,8 +339,8 @@ def _kmeans_centres(X: torch.Tensor, k: int, gen: torch.Generator, n_iter: int =
 # --------------------------------------------------------------------------- fit
 
 
-def _reseed(F: torch.Tensor, G: torch.Tensor, residuals: torch.Tensor, sparsity: float, dedup: float) -> int:
-    """Point dead features and the weaker of near-duplicate pairs (|cos| > dedup) at the worst residuals, in place."""
+def _victims(F: torch.Tensor, dedup: float) -> list[int]:
+    """Dead features and the weaker of each near-duplicate pair (|cos| > dedup)."""
     norms = F.norm(dim=0)
     alive = norms > 1e-6 * float(norms.max().clamp_min(1e-30))
     Fn = F / norms.clamp_min(1e-30)
@@ -354,15 +355,21 @@ def _reseed(F: torch.Tensor, G: torch.Tensor, residuals: torch.Tensor, sparsity:
             continue
         victims.append(i if norms[i] < norms[j] else j)
         taken.update((i, j))
+    return victims
+
+
+def _reseed(F: torch.Tensor, G: torch.Tensor, victims: list[int], residuals: torch.Tensor, sparsity: float) -> int:
+    """Point the victims at the worst-reconstructed tokens' residuals (sparsified), in place; G restarts small."""
     victims = victims[: residuals.shape[1]]
     if not victims:
         return 0
+    norms = F.norm(dim=0)
+    keep = [j for j in range(F.shape[1]) if j not in set(victims)]
+    target = float(norms[keep].median()) if keep else 1.0
     R = sparsify(residuals[:, : len(victims)], sparsity)
-    target = float(norms[alive].median()) if bool(alive.any()) else 1.0
     F[:, victims] = R / R.norm(dim=0).clamp_min(1e-30) * target
     G[:, victims] = 1e-3 / math.sqrt(G.shape[0])
     return len(victims)
-
 
 
 @torch.no_grad()
@@ -383,6 +390,7 @@ def fit_snmf(A: Activations, k: int, *, sparsity: float = 0.01, max_iter: int = 
     """
     _check_params(k, sparsity, max_iter, tol, max_tokens, chunk_tokens, init, patience)
     k, sparsity = int(k), float(sparsity)
+    clock = time.perf_counter()
     dev = _resolve_device(A, device)
     gen = torch.Generator().manual_seed(int(seed))
 
@@ -426,9 +434,10 @@ def fit_snmf(A: Activations, k: int, *, sparsity: float = 0.01, max_iter: int = 
         start += t
     del sample, C
 
+    init_s = time.perf_counter() - clock
     errors: list[float] = []
     best = (math.inf, None, None, 0)
-    calm, stopped_early, reseeded, last_reseed = 0, False, 0, 0
+    calm, stopped_early, reseeded, last_reseed, force = 0, False, 0, 0, False
     reseed_until = int(max_iter) // 2 if reseed else 0
     n_worst = min(T, max(8, min(k, 64)))
     worst: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # residual norms [R] and vectors [n, R]
@@ -439,11 +448,12 @@ def fit_snmf(A: Activations, k: int, *, sparsity: float = 0.01, max_iter: int = 
         scale = torch.diagonal(GtG).sqrt().to(torch.float32).clamp_min(1e-12)
         F *= scale
         G /= scale
-        if worst is not None and it - last_reseed >= reseed_every:
-            replaced = _reseed(F, G, worst[1], sparsity, dedup)
+        if worst is not None and (it - last_reseed >= reseed_every or force):
+            replaced = _reseed(F, G, _victims(F, dedup), worst[1], sparsity)
             if replaced:
                 reseeded += replaced
                 last_reseed, calm = it, 0
+        force = False
         track = it < reseed_until
         worst = None
         Q = F.T @ F
@@ -487,9 +497,15 @@ def fit_snmf(A: Activations, k: int, *, sparsity: float = 0.01, max_iter: int = 
             prev = errors[-2]
             change = abs(prev - err) / max(prev, 1e-30)
             calm = calm + 1 if change < tol else 0
-            if (calm >= patience and it >= reseed_until) or err < 1e-7:
+            if err < 1e-7:
                 stopped_early = True
                 break
+            if calm >= patience:
+                if track and worst is not None and _victims(F, dedup):
+                    force = True  # converged with duplicates left: re-seed them first
+                else:
+                    stopped_early = True
+                    break
     if keep_best and best[1] is not None:
         _, F, G, best_iter = best
     else:
@@ -504,7 +520,8 @@ def fit_snmf(A: Activations, k: int, *, sparsity: float = 0.01, max_iter: int = 
               "n_tokens": T, "n_neurons": n, "iterations": len(errors), "best_iteration": best_iter,
               "stopped_early": stopped_early, "reg": float(reg), "device": str(dev),
               "reseeded": reseeded, "dedup": float(dedup) if reseed else None,
-              "dead_features": int((G.abs().sum(dim=0) == 0).sum())}
+              "dead_features": int((G.abs().sum(dim=0) == 0).sum()),
+              "seconds": {"init": round(init_s, 3), "total": round(time.perf_counter() - clock, 3)}}
     return SNMFResult(F=F.contiguous(), G=G.contiguous(), errors=errors, params=params,
                       token_index=None if token_index is None else torch.from_numpy(token_index))
 

@@ -4,11 +4,16 @@
 // kernel answers by setting the panels and `seq` in one message. Replies older than the
 // latest request are stale: they are not drawn. In a static export (state has
 // `_snapshots`) the same requests are answered from the precomputed snapshots.
-import { h, clear, root, tooltip, watch, debounce, blobUrl, showToken } from "./core.js";
+// Layout, picker, inputs and the redraw schedule live in the explorer_*.js modules.
+import { root, tooltip, watch, debounce } from "./core.js";
 import { renderTokens, tokenData } from "./tokens.js";
 import { renderPatches, patchData, imageUrls } from "./patches.js";
 import { renderCard } from "./card.js";
 import { createSimulationView, simulationData } from "./chart.js";
+import { explorerLayout } from "./explorer_layout.js";
+import { drawNeuronPicker, drawNeuronMatches } from "./explorer_picker.js";
+import { drawThumbnails, drawPromptSuggestions } from "./explorer_inputs.js";
+import { panelScheduler, findSnapshot } from "./explorer_schedule.js";
 
 const WAIT_MS = 150;
 
@@ -17,71 +22,20 @@ function render({ model, el }) {
   const untip = tooltip(node);
   const snapshots = model.get("_snapshots");
   const isStatic = Array.isArray(snapshots);
+  const els = explorerLayout(node, isStatic);
+  const { prompt, status, search } = els;
+  prompt.value = model.get("prompt") || "";
   let sent = model.get("seq") || 0;
   let localNote = "";
-  const cleanups = [];
   const stale = () => (model.get("seq") || 0) < sent;
   const set = (pairs) => {
     for (const [k, v] of Object.entries(pairs)) model.set(k, v);
     model.save_changes();
   };
 
-  // --- layout ---------------------------------------------------------------------------
-  const pickBar = h("div", "nw-ex-pick");
-  const layerSel = h("select", "nw-ex-layer");
-  layerSel.title = "layer";
-  const neuronIn = h("input", "nw-ex-neuron");
-  neuronIn.type = "number";
-  neuronIn.min = "0";
-  neuronIn.title = "neuron index";
-  const catSel = h("select", "nw-ex-category");
-  catSel.title = "category filter";
-  const search = h("input", "nw-ex-search");
-  search.type = "search";
-  search.placeholder = "search explanations";
-  const lab = (text, input) => {
-    const l = h("label", null, text);
-    l.appendChild(input);
-    return l;
-  };
-  pickBar.append(lab("layer ", layerSel), lab(" neuron ", neuronIn), lab(" category ", catSel), search);
-  const matches = h("div", "nw-ex-matches");
-
-  const inputBox = h("div", "nw-ex-input");
-  const thumbs = h("div", "nw-ex-thumbs");
-  const upload = h("input", "nw-ex-upload");
-  upload.type = "file";
-  upload.accept = "image/*";
-  upload.title = "upload an image";
-  const prompt = h("textarea", "nw-prompt");
-  prompt.setAttribute("aria-label", "prompt (with <image> where the image goes)");
-  prompt.rows = 2;
-  prompt.spellcheck = false;
-  prompt.value = model.get("prompt") || "";
-  const suggestions = h("div", "nw-ex-suggest");
-  const status = h("div", "nw-status");
-  status.setAttribute("aria-live", "polite");
-  inputBox.append(thumbs, lab("upload ", upload), prompt, suggestions, status);
-
-  const main = h("div", "nw-ex-main");
-  const left = h("div", "nw-ex-left");
-  const patchEl = h("div", "nw-ex-patches");
-  const tokenEl = h("div", "nw-ex-tokens");
-  const simEl = h("div", "nw-ex-sim");
-  left.append(patchEl, tokenEl, simEl);
-  const cardEl = h("div", "nw-ex-card");
-  main.append(left, cardEl);
-  node.append(pickBar, matches, inputBox, main);
-  if (isStatic) {
-    upload.disabled = true;
-    node.classList.add("nw-static");
-  }
-
   // --- requests ---------------------------------------------------------------------------
   function applyStatic(change) {
-    const want = { layer: model.get("layer"), neuron: model.get("neuron"), prompt: model.get("prompt"), ...change };
-    const key = String(want.prompt).trim();
-    const hit = snapshots.find((s) => s.layer === want.layer && s.neuron === want.neuron && String(s.prompt).trim() === key);
+    const hit = findSnapshot(snapshots, { layer: model.get("layer"), neuron: model.get("neuron"), prompt: model.get("prompt"), ...change });
     if (!hit) {
       localNote = "Static export: only the precomputed prompts and neurons listed here can be shown; a running kernel computes any other.";
       drawStatus();
@@ -119,119 +73,40 @@ function render({ model, el }) {
     sendPrompt();
   });
 
-  layerSel.addEventListener("change", () => choose({ layer: Number(layerSel.value) }));
-  neuronIn.addEventListener("change", () => {
-    const n = Math.trunc(Number(neuronIn.value));
+  els.layerSel.addEventListener("change", () => choose({ layer: Number(els.layerSel.value) }));
+  els.neuronIn.addEventListener("change", () => {
+    const n = Math.trunc(Number(els.neuronIn.value));
     if (Number.isFinite(n)) choose({ neuron: n });
   });
-  catSel.addEventListener("change", () => {
-    if (isStatic) model.set("category", catSel.value);
-    else set({ category: catSel.value });
+  els.catSel.addEventListener("change", () => {
+    if (isStatic) model.set("category", els.catSel.value);
+    else set({ category: els.catSel.value });
   });
   const sendSearch = debounce(() => {
     if (isStatic) model.set("search", search.value);
     else set({ search: search.value });
   }, WAIT_MS);
   search.addEventListener("input", sendSearch);
-  upload.addEventListener("change", async () => {
-    const file = upload.files && upload.files[0];
+  els.upload.addEventListener("change", async () => {
+    const file = els.upload.files && els.upload.files[0];
     if (!file) return;
     const bytes = await file.arrayBuffer();
     sent = Math.max(sent, model.get("seq") || 0) + 1;
     drawStatus();
     model.send({ type: "upload", name: file.name, seq: sent }, undefined, [bytes]);
-    upload.value = "";
+    els.upload.value = "";
   });
 
   // --- drawing ----------------------------------------------------------------------------
-  function drawPicker() {
-    clear(layerSel);
-    for (const l of model.get("layers") || []) {
-      const o = h("option", null, String(l));
-      o.value = String(l);
-      o.selected = l === model.get("layer");
-      layerSel.appendChild(o);
-    }
-    neuronIn.max = String((model.get("n_neurons") || 1) - 1);
-    neuronIn.value = String(model.get("neuron"));
-    clear(catSel);
-    for (const c of ["", ...(model.get("categories") || [])]) {
-      const o = h("option", null, c || "all categories");
-      o.value = c;
-      o.selected = c === (model.get("category") || "");
-      catSel.appendChild(o);
-    }
-    if (document.activeElement !== search) search.value = model.get("search") || "";
-    layerSel.disabled = neuronIn.disabled = isStatic && !snapshots.length;
-  }
-
-  function drawMatches() {
-    clear(matches);
-    const cat = model.get("category") || "";
-    const q = (model.get("search") || "").toLowerCase();
-    const rows = (model.get("matches") || []).filter(
-      (m) => (!cat || m.category === cat) && (!q || String(m.text || "").toLowerCase().includes(q)),
-    );
-    if (!rows.length) {
-      matches.appendChild(h("span", "nw-muted", "no neurons match"));
-      return;
-    }
-    for (const m of rows) {
-      const b = h("button", "nw-match", `L${m.layer} N${m.neuron} \u00b7 ${m.category || "?"}${m.text ? " \u00b7 " + m.text : ""}`);
-      b.title = b.textContent; // the whole text where the button cuts it short
-      b.type = "button";
-      b.dataset.layer = String(m.layer);
-      b.dataset.neuron = String(m.neuron);
-      if (m.layer === model.get("layer") && m.neuron === model.get("neuron")) b.classList.add("nw-current");
-      b.addEventListener("click", () => choose({ layer: m.layer, neuron: m.neuron }));
-      matches.appendChild(b);
-    }
-  }
-
+  const drawPicker = () => drawNeuronPicker(els, model, isStatic && !snapshots.length);
+  const drawMatches = () => drawNeuronMatches(els.matches, model, choose);
   const thumbUrls = [];
-  function drawThumbs() {
-    for (const u of thumbUrls.splice(0)) URL.revokeObjectURL(u);
-    clear(thumbs);
-    const current = model.get("image_index");
-    (model.get("images") || []).forEach((im, i) => {
-      const b = h("button", "nw-thumb");
-      b.type = "button";
-      b.dataset.tip = String(im.label);
-      b.dataset.index = String(i);
-      const url = blobUrl(im.thumb, "image/png");
-      if (url) {
-        thumbUrls.push(url);
-        const img = h("img");
-        img.alt = String(im.label);
-        img.src = url;
-        b.appendChild(img);
-      } else {
-        b.textContent = String(im.label);
-      }
-      if (i === current) b.classList.add("nw-current");
-      b.disabled = isStatic && i !== current;
-      b.addEventListener("click", () => !isStatic && set({ image_index: i }));
-      thumbs.appendChild(b);
+  const drawThumbs = () => drawThumbnails(els.thumbs, model, isStatic, thumbUrls, (i) => set({ image_index: i }));
+  const drawSuggestions = () =>
+    drawPromptSuggestions(els.suggestions, model, isStatic, (p) => {
+      prompt.value = p;
+      sendPrompt();
     });
-  }
-
-  function drawSuggestions() {
-    clear(suggestions);
-    const list = model.get("prompts") || [];
-    if (!list.length) return;
-    suggestions.appendChild(h("span", "nw-muted", isStatic ? "precomputed prompts: " : "try: "));
-    for (const p of list) {
-      const b = h("button", "nw-suggest", showToken(p));
-      b.title = showToken(p); // prompts that differ only at the end look alike when cut short
-      b.dataset.prompt = p;
-      b.type = "button";
-      b.addEventListener("click", () => {
-        prompt.value = p;
-        sendPrompt();
-      });
-      suggestions.appendChild(b);
-    }
-  }
 
   function drawStatus() {
     const err = model.get("status") || "";
@@ -247,7 +122,7 @@ function render({ model, el }) {
   function drawPatches() {
     const view = model.get("patch_view") || {};
     const get = (k) => (k in view ? view[k] : model.get(k));
-    renderPatches(patchEl, patchData(get, urls.get(model.get("image"))), {
+    renderPatches(els.patchEl, patchData(get, urls.get(model.get("image"))), {
       onCmap: (v) => set({ cmap: v }),
       onOpacity: (v) => set({ opacity: v }),
       onSelect: (p) => set({ selected: p }),
@@ -257,18 +132,16 @@ function render({ model, el }) {
 
   function drawTokens() {
     const view = model.get("tokens_view") || {};
-    renderTokens(tokenEl, tokenData((k) => (k === "expanded" ? model.get("expanded") : view[k])), {
+    renderTokens(els.tokenEl, tokenData((k) => (k === "expanded" ? model.get("expanded") : view[k])), {
       onToggle: (x) => set({ expanded: x }),
     });
   }
 
   const cardUrls = new Map();
-  function drawCard() {
-    renderCard(cardEl, model.get("card") || {}, cardUrls);
-  }
+  const drawCard = () => renderCard(els.cardEl, model.get("card") || {}, cardUrls);
 
   let simFocus = 0; // the input the per-position chart shows: a choice of this view alone
-  const sim = createSimulationView(simEl, {
+  const sim = createSimulationView(els.simEl, {
     onFocus: (i) => {
       simFocus = i;
       drawSim();
@@ -284,8 +157,6 @@ function render({ model, el }) {
     if (document.activeElement !== prompt && prompt.value !== (model.get("prompt") || "")) prompt.value = model.get("prompt") || "";
   }
 
-  // One redraw per message: changed keys mark panels dirty, a microtask draws them. The
-  // panels showing the input's activations wait while a newer request is in flight.
   const PANELS = {
     picker: [["layers", "n_neurons", "layer", "neuron", "categories", "category", "search"], drawPicker],
     matches: [["matches", "category", "search", "layer", "neuron"], drawMatches],
@@ -298,28 +169,9 @@ function render({ model, el }) {
     prompt: [["prompt"], drawPrompt],
   };
   const LIVE = new Set(["patches", "tokens", "card", "sim", "prompt"]);
-  const dirty = new Set(Object.keys(PANELS));
-  let queued = false;
-  function flush() {
-    queued = false;
-    drawStatus();
-    const fresh = !stale();
-    for (const name of [...dirty]) {
-      if (LIVE.has(name) && !fresh) continue;
-      dirty.delete(name);
-      PANELS[name][1]();
-    }
-  }
-  const mark = (name) => {
-    if (name) dirty.add(name);
-    if (!queued) {
-      queued = true;
-      queueMicrotask(flush);
-    }
-  };
-  flush();
-  for (const [name, [keys]] of Object.entries(PANELS)) cleanups.push(watch(model, keys, () => mark(name)));
-  cleanups.push(watch(model, ["seq", "status"], () => mark(null)));
+  const schedule = panelScheduler(model, PANELS, LIVE, () => !stale(), drawStatus);
+  schedule.flush();
+  const cleanups = [...schedule.cleanups, watch(model, ["seq", "status"], () => schedule.mark(null))];
 
   return () => {
     sendPrompt.cancel();

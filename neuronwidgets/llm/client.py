@@ -208,7 +208,10 @@ class OpenAIClient:
         return f"<OpenAIClient model={self.model!r}{where}, cache={cache!r}, max_concurrency={self.max_concurrency}; {self.usage}>"
 
     def __getstate__(self):
-        """Copies and pickles leave the API key, custom headers, credentials in the URL and the connection behind (the key is read from the environment again)."""
+        """Copies and pickles leave the API key, custom headers, credentials in the URL and the connection behind.
+
+        The key is read from the environment again.
+        """
         state = {k: v for k, v in self.__dict__.items() if k not in ("_api_key", "_client", "_lock", "_slots", "_sleep", "_http_client")}
         state["_api_key"] = None
         state["_default_headers"] = None  # custom headers may carry credentials too (Azure's api-key, a proxy's)
@@ -238,7 +241,8 @@ class OpenAIClient:
             if entry is not None and "text" in entry:
                 with self._lock:
                     self.usage.cache_hits += 1
-                return ChatReply(entry["text"], entry.get("response_model") or self.model, True, key, entry.get("finish_reason"), entry.get("usage") or {})
+                return ChatReply(entry["text"], entry.get("response_model") or self.model, True, key, entry.get("finish_reason"),
+                                 entry.get("usage") or {})
         reply = self._send(messages, params, key)
         # A reply cut off by max_tokens, or an empty one, is not kept: a rerun asks again.
         if self.cache is not None and reply.text and reply.finish_reason != "length":

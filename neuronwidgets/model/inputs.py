@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-ImageLike = "Image.Image | np.ndarray | str | os.PathLike"
+#: What `load_image` accepts (and so every `image` argument of a Session).
+ImageLike = Image.Image | np.ndarray | str | os.PathLike
 
 
-def load_image(image) -> Image.Image:
+def load_image(image: ImageLike) -> Image.Image:
     """An RGB PIL image from a PIL image, an array (H, W[, 3|4], uint8 or float in 0..1) or a path."""
     rgb = _as_rgb(image)
     if 0 in rgb.size:

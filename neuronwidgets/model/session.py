@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -13,9 +14,15 @@ from neuronwidgets.checks import whole_number
 from neuronwidgets.model.adapters import adapter_for
 from neuronwidgets.model.adapters.base import check_site
 from neuronwidgets.model.encoding import Encoded, Encoder
-from neuronwidgets.model.inputs import load_image
+from neuronwidgets.model.inputs import ImageLike, load_image
 from neuronwidgets.model.loading import HUB_KWARGS, looks_like_path, model_source
 from neuronwidgets.model.trace import Trace
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
+
+    from neuronwidgets.datasets.base import Sample
+    from neuronwidgets.store.index import NeuronIndex
 
 
 class Session:
@@ -25,7 +32,7 @@ class Session:
     >>> trace = session.trace(image, "USER: <image>\\nWhat is the red shape? ASSISTANT:")
     """
 
-    def __init__(self, model, processor, *, name: str = "", site: str = "act"):
+    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, *, name: str = "", site: str = "act") -> None:
         self.model = model.eval()
         self.processor = processor
         self.adapter = adapter_for(model, processor)
@@ -35,8 +42,8 @@ class Session:
 
     # --- construction ----------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device: str | None = None, dtype=None, site: str = "act",
-                        download: bool = False, **kwargs) -> "Session":
+    def from_pretrained(cls, name_or_path: str | Path, device: str | None = None, dtype: torch.dtype | str | None = None,
+                        site: str = "act", download: bool = False, **kwargs: Any) -> Session:
         """Load a checkpoint (local folder or cached hub id): CUDA when present, half precision there.
 
         Nothing is downloaded unless `download=True` (LLaVA-1.5-7B is 14 GB): a hub id must
@@ -73,12 +80,12 @@ class Session:
         return cls(model.to(device), processor, name=str(name_or_path), site=site)
 
     @classmethod
-    def from_model(cls, model, processor, site: str = "act", name: str | None = None) -> "Session":
+    def from_model(cls, model: PreTrainedModel, processor: ProcessorMixin, site: str = "act", name: str | None = None) -> Session:
         """Wrap a model and processor you already have."""
         return cls(model, processor, name=name or "", site=site)
 
     @classmethod
-    def toy(cls, site: str = "act", path: str | Path | None = None) -> "Session":
+    def toy(cls, site: str = "act", path: str | Path | None = None) -> Session:
         """The bundled tiny LLaVA trained on the Shapes world: offline, CPU, seconds.
 
         `path` (or the NEURONWIDGETS_TOY_DIR variable) loads a toy you retrained yourself.
@@ -108,26 +115,32 @@ class Session:
     # --- facts -----------------------------------------------------------------
     @property
     def device(self) -> torch.device:
+        """Where the model's weights are."""
         return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The model's weight dtype (float16 on CUDA by default)."""
         return next(self.model.parameters()).dtype
 
     @property
     def n_layers(self) -> int:
+        """Decoder layers of the language model."""
         return self.adapter.n_layers
 
     @property
     def n_neurons(self) -> int:
+        """MLP neurons per layer."""
         return self.adapter.n_neurons
 
     @property
     def grid(self) -> tuple[int, int]:
+        """(rows, cols) of the image's patch grid."""
         return self.adapter.grid
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The processor's tokenizer."""
         return self.processor.tokenizer
 
     def __repr__(self) -> str:
@@ -142,11 +155,12 @@ class Session:
         """`prompt` if it holds the image placeholder exactly once; else a ValueError showing a good prompt."""
         return self.encoder.check_prompt(prompt)
 
-    def encode(self, image, prompt: str, continuation: str | Sequence[int] | None = None) -> Encoded:
+    def encode(self, image: ImageLike, prompt: str, continuation: str | Sequence[int] | None = None) -> Encoded:
         """Token ids with the image placeholder expanded, and the image's pixel values."""
         return self.encoder.encode_batch([image], [prompt], [continuation])[0]
 
-    def encode_batch(self, images: Sequence, prompts: Sequence[str], continuations: Sequence | None = None) -> list[Encoded]:
+    def encode_batch(self, images: Sequence[ImageLike], prompts: Sequence[str],
+                     continuations: Sequence[str | Sequence[int] | None] | None = None) -> list[Encoded]:
         """`encode` for several inputs in one processor call (see `Encoder.encode_batch`)."""
         return self.encoder.encode_batch(images, prompts, continuations)
 
@@ -154,7 +168,8 @@ class Session:
         """One row per position: position, token_id, token, modality, part, row, col."""
         return self.encoder.token_table(enc)
 
-    def check_layers(self, layers: Sequence[int] | None) -> list[int]:
+    def check_layers(self, layers: Sequence[int] | int | None) -> list[int]:
+        """Layer numbers as a sorted list without repeats (None: all; negative: from the last); a clear error when out of range."""
         n = self.n_layers
         if layers is None:
             return list(range(n))
@@ -174,7 +189,8 @@ class Session:
 
     # --- the forward pass --------------------------------------------------------
     @torch.inference_mode()
-    def forward_record(self, batch: Sequence[Encoded], layers: Sequence[int], site: str | None = None, on_activation=None):
+    def forward_record(self, batch: Sequence[Encoded], layers: Sequence[int], site: str | None = None,
+                       on_activation: Callable[[int, torch.Tensor], None] | None = None) -> tuple[dict[int, torch.Tensor], list[int]]:
         """Run a right-padded batch and return ({layer: [B, T, N] on device}, lengths).
 
         With `on_activation(layer, acts)`, each layer goes to the callback as it is computed
@@ -194,14 +210,18 @@ class Session:
             mask[i, : lengths[i]] = 1
         pixels = torch.stack([e.pixel_values for e in batch]).to(self.device, self.dtype)
         with self.adapter.record(layers, site, on_activation) as store:
-            self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), pixel_values=pixels, use_cache=False, logits_to_keep=1)
+            self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), pixel_values=pixels, use_cache=False,
+                       logits_to_keep=1)
         return store, lengths
 
-    def trace(self, image, prompt: str, layers: Sequence[int] | None = None, continuation: str | Sequence[int] | None = None, site: str | None = None) -> Trace:
+    def trace(self, image: ImageLike, prompt: str, layers: Sequence[int] | None = None, continuation: str | Sequence[int] | None = None,
+              site: str | None = None) -> Trace:
         """Run one image and prompt and record every neuron of `layers` (default: all) on every token."""
-        return self.trace_batch([image], [prompt], layers=layers, continuations=None if continuation is None else [continuation], site=site)[0]
+        continuations = None if continuation is None else [continuation]
+        return self.trace_batch([image], [prompt], layers=layers, continuations=continuations, site=site)[0]
 
-    def trace_batch(self, images: Sequence, prompts: Sequence[str] | str, layers: Sequence[int] | None = None, continuations: Sequence | None = None, site: str | None = None) -> list[Trace]:
+    def trace_batch(self, images: Sequence[ImageLike], prompts: Sequence[str] | str, layers: Sequence[int] | None = None,
+                    continuations: Sequence[str | Sequence[int] | None] | None = None, site: str | None = None) -> list[Trace]:
         """`trace` for several inputs in one forward pass (a prompt string is used for all)."""
         if isinstance(prompts, str):
             prompts = [prompts] * len(images)
@@ -237,7 +257,7 @@ class Session:
 
     # --- generation ----------------------------------------------------------------
     @torch.inference_mode()
-    def generate_ids(self, images: Sequence, prompts: Sequence[str], max_new_tokens: int = 48) -> list[list[int]]:
+    def generate_ids(self, images: Sequence[ImageLike], prompts: Sequence[str], max_new_tokens: int = 48) -> list[list[int]]:
         """Greedy answers as token ids (no end-of-sequence, no padding), batched with left padding."""
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
@@ -264,19 +284,19 @@ class Session:
             answers.append(seq[:cut])
         return answers
 
-    def generate(self, image, prompt: str, max_new_tokens: int = 48) -> str:
+    def generate(self, image: ImageLike, prompt: str, max_new_tokens: int = 48) -> str:
         """The model's greedy answer to `prompt` about `image`: the answer text only."""
         ids = self.generate_ids([image], [prompt], max_new_tokens=max_new_tokens)[0]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def describe(self, image, max_new_tokens: int = 48) -> str:
+    def describe(self, image: ImageLike, max_new_tokens: int = 48) -> str:
         """The model's description of `image` (the paper's text side)."""
         from neuronwidgets.constants import DESCRIBE_QUESTION
 
         return self.generate(image, self.adapter.prompt_template.format(question=DESCRIBE_QUESTION), max_new_tokens)
 
     # --- collection ------------------------------------------------------------------
-    def collect(self, dataset, **kwargs):
+    def collect(self, dataset: Iterable[Sample | tuple], **kwargs: Any) -> NeuronIndex:
         """Stream `dataset` through the model into a NeuronIndex (see `neuronwidgets.collect`)."""
         from neuronwidgets.collect.runner import collect
 

@@ -90,8 +90,9 @@ class LayerState:
         return map_codes(stored, length, self.bits)
 
     def set_design(self, sparse: bool, keep_dtype: bool) -> None:
-        """How batches are reduced (the same results, but for float32 rounding in the sums): as on a CPU (sparse, float32) or a GPU (dense, model dtype).
+        """How batches are reduced: as on a CPU (sparse, float32) or a GPU (dense, model dtype).
 
+        Both give the same results, but for float32 rounding in the sums.
         sparse: skip what cannot enter a top-k by data-dependent selection, free on a CPU, a
         device sync on a GPU; keep_dtype: reduce float16/bfloat16 activations as they are, half
         the bytes of float32 in every pass (slow arithmetic on a CPU).
@@ -341,7 +342,8 @@ class LayerState:
         cand_key = torch.cat([self._token_key(m, kept_sample, kept_pos), key], 1)
         idx = top_order(cand_value, cand_key, self.token_k)
         best_key, base = torch.gather(cand_key, 1, idx), self._key_base(m)
-        new = (torch.gather(cand_value, 1, idx), torch.where(best_key < 0, -1, best_key // base), torch.where(best_key < 0, -1, best_key % base))
+        new = (torch.gather(cand_value, 1, idx), torch.where(best_key < 0, -1, best_key // base),
+               torch.where(best_key < 0, -1, best_key % base))
         for n, v in zip(names, new):  # in place: arrays made outside inference mode stay writable outside it
             if rows is None:
                 t[n].copy_(v)

@@ -21,7 +21,8 @@ def smallest_uint(limit: int):
     return next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if limit <= np.iinfo(t).max)
 
 
-def state_to_arrays(state: LayerState, random_slots: list[int], map_k: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def state_to_arrays(state: LayerState, random_slots: list[int],
+                    map_k: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(arrays for the layer file, per-neuron stats columns), compact dtypes, random in canonical order.
 
     Maps are written for the best `map_k` top samples (default: all); the others keep only the
@@ -91,7 +92,8 @@ def arrays_to_state(arrays: dict[str, np.ndarray], stats: pd.DataFrame, m: dict,
     # is enough, since such a sample can only fall further (it is never shown, only counted).
     for mod, width in (("image", P), ("text", Tm)):
         stand_in = codes_from_histogram(torch.from_numpy(arrays[f"top_{mod}_hist"].astype(np.int64)), width).numpy()
-        t[f"top_{mod}_codes"] = np.concatenate([arrays[f"top_{mod}_codes"], store_codes(stand_in, bits)], axis=1)  # the state keeps maps as files do
+        # the state keeps maps as files do
+        t[f"top_{mod}_codes"] = np.concatenate([arrays[f"top_{mod}_codes"], store_codes(stand_in, bits)], axis=1)
     n = t["top_value"].shape[0]
     rv = np.zeros((R, n), np.float32)
     ri = np.zeros((R, n) + arrays["random_image_codes"].shape[2:], np.uint8)

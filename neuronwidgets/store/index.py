@@ -1,10 +1,10 @@
-
 """NeuronIndex: the on-disk result of a collection, loaded lazily, queried per neuron."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -29,8 +29,16 @@ from neuronwidgets.store.reading import (
     read_table,
 )
 
+if TYPE_CHECKING:
+    import altair
+    import matplotlib.figure
+    import torch
+
+    from neuronwidgets.datasets.base import Sample
+
 
 def check_modality(modality: str) -> None:
+    """A clear error unless `modality` is 'image' or 'text'."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
 
@@ -40,7 +48,7 @@ class NeuronIndex:
     """What a collection found, per neuron: statistics, top samples with their maps, exemplars."""
 
     def __init__(self, path: Path | None, manifest: dict, samples: pd.DataFrame, stats: pd.DataFrame,
-                 arrays: dict[int, dict[str, np.ndarray]] | None = None, dataset=None):
+                 arrays: dict[int, dict[str, np.ndarray]] | None = None, dataset: Sequence[Sample] | None = None) -> None:
         self.path = Path(path).expanduser() if path is not None else None
         self.manifest = manifest
         self.samples = samples
@@ -52,7 +60,8 @@ class NeuronIndex:
 
     # --- loading ---------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, *, expect_model: str | None = None, expect_site: str | None = None, dataset=None) -> "NeuronIndex":
+    def load(cls, path: str | Path, *, expect_model: str | None = None, expect_site: str | None = None,
+             dataset: Sequence[Sample] | None = None) -> NeuronIndex:
         """Open an index folder, checking its files; layer arrays are read when first needed."""
         path = Path(path).expanduser()
         manifest = read_manifest(path)
@@ -65,7 +74,8 @@ class NeuronIndex:
             raise IndexFormatError(f"{str(path / MANIFEST)!r} was collected from model {manifest.get('model')!r}, not {expect_model!r}")
         if expect_site is not None and manifest.get("site") != expect_site:
             raise IndexFormatError(f"{str(path / MANIFEST)!r} records neuron site {manifest.get('site')!r}, not {expect_site!r}")
-        samples = checked_table(path / "samples.parquet", read_table(path / "samples.parquet"), ("sample", "sample_id"), manifest["n_samples"])
+        samples = checked_table(path / "samples.parquet", read_table(path / "samples.parquet"), ("sample", "sample_id"),
+                                manifest["n_samples"])
         stat_columns = ("layer", "neuron", *(f"{m}_{s}" for m in MODALITIES for s in ("count", "sum", "sumsq", "max")))
         stats = checked_table(path / "stats.parquet", read_table(path / "stats.parquet"), stat_columns,
                                len(manifest["layers"]) * manifest["n_neurons"])
@@ -92,30 +102,37 @@ class NeuronIndex:
     # --- facts -----------------------------------------------------------------
     @property
     def layers(self) -> list[int]:
+        """The recorded layers, ascending."""
         return list(self.manifest["layers"])
 
     @property
     def n_neurons(self) -> int:
+        """Neurons per layer."""
         return int(self.manifest["n_neurons"])
 
     @property
     def grid(self) -> tuple[int, int]:
+        """(rows, cols) of the image's patch grid."""
         return tuple(self.manifest["grid"])
 
     @property
     def site(self) -> str:
+        """Where the neurons were read ('act' or 'mlp_in')."""
         return self.manifest["site"]
 
     @property
     def model(self) -> str:
+        """The model's name as the session gave it."""
         return self.manifest["model"]
 
     @property
     def top_k(self) -> int:
+        """Top samples kept per neuron."""
         return int(self.manifest["top_k"])
 
     @property
     def n_samples(self) -> int:
+        """Samples the collection ran over."""
         return int(self.manifest["n_samples"])
 
     def __len__(self) -> int:
@@ -230,6 +247,7 @@ class NeuronIndex:
         return out
 
     def sample_id(self, sample: int) -> str:
+        """The dataset's id of sample number `sample` (its position), as text."""
         row = self._sample_rows().get(int(sample))
         return row[0] if row else str(sample)
 
@@ -247,6 +265,7 @@ class NeuronIndex:
             "activation": arrays["top_value"][neuron][keep],
             "has_map": rank < arrays["top_image_codes"].shape[1],
         })
+
     def exemplars(self, layer: int, neuron: int, modality: str | None = None, k: int | None = None) -> pd.DataFrame:
         """Top tokens of the neuron: sample, sample_id, position, modality, row, col, token, activation (best first).
 
@@ -279,7 +298,7 @@ class NeuronIndex:
 
     # --- dataset ---------------------------------------------------------------------
     @property
-    def dataset(self):
+    def dataset(self) -> Sequence[Sample] | None:
         """The samples this index was collected over (attached, or rebuilt from the manifest's spec)."""
         if self._dataset is None:
             from neuronwidgets.datasets.spec import from_spec
@@ -289,7 +308,7 @@ class NeuronIndex:
                 self._dataset = from_spec(spec)
         return self._dataset
 
-    def attach(self, dataset) -> "NeuronIndex":
+    def attach(self, dataset: Sequence[Sample]) -> NeuronIndex:
         """Attach the dataset the index was collected over (checked by fingerprint)."""
         want = self.manifest.get("dataset", {}).get("fingerprint")
         got = getattr(dataset, "fingerprint", None)
@@ -298,47 +317,54 @@ class NeuronIndex:
         self._dataset = dataset
         return self
 
-    def sample(self, i: int):
+    def sample(self, i: int) -> Sample:
+        """Sample number `i` of the attached dataset."""
         if self.dataset is None:
             raise ValueError("this index has no dataset attached; call index.attach(dataset) with the samples it was collected over")
         return self.dataset[int(i)]
 
     # --- categories (see categorize.py) -------------------------------------------------
-    def categories(self, rule: str = "paper", **params) -> pd.DataFrame:
+    def categories(self, rule: str = "paper", **params: Any) -> pd.DataFrame:
+        """One row per neuron with its category (see `neuronwidgets.categorize.categorize`)."""
         from neuronwidgets.categorize import categorize
 
         return categorize(self, rule=rule, **params)
 
-    def category_summary(self, rule: str = "paper", **params) -> pd.DataFrame:
+    def category_summary(self, rule: str = "paper", **params: Any) -> pd.DataFrame:
+        """Per layer: the number and share of neurons in each category."""
         from neuronwidgets.categorize import summary
 
         return summary(self.categories(rule=rule, **params))
 
-    def category_chart(self, rule: str = "paper", **params):
+    def category_chart(self, rule: str = "paper", **params: Any) -> altair.Chart:
+        """Altair chart of the categories' shares per layer."""
         from neuronwidgets.categorize import category_chart
 
         return category_chart(self.categories(rule=rule, **params))
 
-    def category_figure(self, rule: str = "paper", **params):
+    def category_figure(self, rule: str = "paper", **params: Any) -> matplotlib.figure.Figure:
+        """Matplotlib figure of the categories' shares per layer."""
         from neuronwidgets.categorize import category_figure
 
         return category_figure(self.categories(rule=rule, **params))
 
     # --- explanations written by explain_all ------------------------------------------------
     def explanations(self) -> pd.DataFrame | None:
+        """The explanations table `explain_all` wrote into the index folder (None: there is none)."""
         if self.path is None or not (self.path / EXPLANATIONS).exists():
             return None
         return read_table(self.path / EXPLANATIONS)
 
     # --- merging -----------------------------------------------------------------------------
     @classmethod
-    def merge(cls, indexes: Sequence["NeuronIndex"], path: str | Path, overwrite: bool = False) -> "NeuronIndex":
+    def merge(cls, indexes: Sequence[NeuronIndex], path: str | Path, overwrite: bool = False) -> NeuronIndex:
         """Merge indexes of disjoint parts of one dataset into exactly the index of one pass (another index at `path`: overwrite=True)."""
         from neuronwidgets.store.merge import merge_indexes
 
         return merge_indexes(indexes, path, overwrite=overwrite)
 
-    def to_state(self, device="cpu") -> dict[int, LayerState]:
+    def to_state(self, device: str | torch.device = "cpu") -> dict[int, LayerState]:
+        """The collector's mergeable per-layer state, rebuilt from the stored arrays (to resume or merge)."""
         out = {}
         for layer in self.layers:
             stats = self._stats[self._stats.layer == layer].sort_values("neuron")

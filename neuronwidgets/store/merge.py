@@ -28,6 +28,7 @@ MERGE_KEYS = ("format_version", "model", "site", "layers", "n_neurons", "grid", 
 
 
 def check_compatible(indexes: Sequence[NeuronIndex]) -> None:
+    """A clear error unless the indexes come from one collection set-up over disjoint samples."""
     first = indexes[0]
     for other in indexes[1:]:
         diff = [k for k in MERGE_KEYS if first.manifest.get(k) != other.manifest.get(k)]

@@ -1,0 +1,5 @@
+"""The NeuronExplorer dashboard: sources (what it shows), panels, simulation, export, and the widget itself."""
+
+from neuronwidgets.widgets.explorer.widget import NeuronExplorer
+
+__all__ = ["NeuronExplorer"]
