@@ -15,11 +15,11 @@ from PIL import Image
 
 from neuronwidgets.datasets.coco import coco, decode_segmentation
 from neuronwidgets.store.index import NeuronIndex
-from tests.conftest import TINY_WORDS
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-COLLECT = ["collect", "--batch-size", "2", "--text", "caption", "--top-k", "3", "--random-k", "2", "--checkpoint-every", "1", "--max-text-tokens", "6"]
+COLLECT = ["collect", "--batch-size", "2", "--text", "caption", "--top-k", "3", "--random-k", "2", "--checkpoint-every", "1",
+           "--max-text-tokens", "6"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,8 @@ def run(args, env=None, torchrun=False, check=True):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "neuronwidgets", *args]
+        cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
+               "-m", "neuronwidgets", *args]
     else:
         cmd = [sys.executable, "-m", "neuronwidgets", *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -118,10 +119,29 @@ def test_ranks_that_disagree_stop_with_the_difference(tmp_path, checkpoint):
     assert "ranks disagree" in proc.stdout + proc.stderr and "top_k" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_merge_command_and_errors(tmp_path, checkpoint):
     images = write_images(tmp_path / "images", 6)
     common = [*COLLECT, "--model", str(checkpoint), "--data", str(images)]
     run([*common, "--out", str(tmp_path / "all")])
+    # Two shards of the same folder (as torchrun's ranks write them), merged on the command line: the one-pass index.
+    from neuronwidgets.cli import load_data
+    from neuronwidgets.model.session import Session
+
+    session = Session.from_pretrained(checkpoint, device="cpu")
+    data = load_data(str(images))
+    kw = dict(batch_size=2, text="caption", top_k=3, random_k=2, max_text_tokens=6, progress=False)
+    session.collect(data, path=tmp_path / "a", indices=range(0, 4), **kw)
+    session.collect(data, path=tmp_path / "b", indices=range(4, 6), **kw)
+    out = run(["merge", str(tmp_path / "b"), str(tmp_path / "a"), "--out", str(tmp_path / "ab")])
+    assert "NeuronIndex" in out.stdout
+    assert_same(NeuronIndex.load(tmp_path / "ab"), NeuronIndex.load(tmp_path / "all"))
+    twice = run(["merge", str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(tmp_path / "aa")], check=False)
+    assert twice.returncode == 2 and "more than one index" in twice.stderr
+    again = run(["merge", str(tmp_path / "b"), str(tmp_path / "a"), "--out", str(tmp_path / "all")])  # it IS the one-pass index
+    assert again.returncode == 0
+    taken = run(["merge", str(tmp_path / "b"), str(tmp_path / "a"), "--out", str(tmp_path / "a")], check=False)
+    assert taken.returncode == 2 and "holds another index" in taken.stderr
     bad = run(["info", str(tmp_path / "missing")], check=False)
     assert bad.returncode == 2 and "no such directory" in bad.stderr
     nodata = run(["collect", "--model", str(checkpoint), "--data", "nope:x", "--out", str(tmp_path / "x")], check=False)
@@ -288,7 +308,9 @@ def test_bad_collect_arguments_are_one_line_errors(tmp_path, capsys, args, messa
 def test_bad_explain_and_demo_arguments_and_an_llm_without_a_key_exit_2(tmp_path, capsys, monkeypatch):
     from neuronwidgets.cli import main
 
-    assert main(["collect", "--model", "toy", "--data", "shapes:n=24,seed=0", "--text", "caption", "--top-k", "6", "--out", str(tmp_path / "i")]) == 0
+    collect = ["collect", "--model", "toy", "--data", "shapes:n=24,seed=0", "--text", "caption", "--top-k", "6",
+               "--out", str(tmp_path / "i")]
+    assert main(collect) == 0
     for args, message in ((["--layers", "9"], "--layers 9 is not in the index"), (["--limit", "0"], "--limit is how many neurons")):
         assert main(["explain", str(tmp_path / "i"), *args]) == 2
         assert message in capsys.readouterr().err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from neuronwidgets.reduce.moments import HIST_EDGES
@@ -12,7 +11,9 @@ from neuronwidgets.store.layout import (
     MANIFEST,
     IndexFormatError,
     collection_differences,
+    dataset_entry,
     positions_digest,
+    prompts_digest,
 )
 from neuronwidgets.store.reading import read_json_object
 
@@ -39,7 +40,7 @@ def run_manifest(session, samples, layers: list[int], positions: list[int], *, t
         "batch_size": batch_size,
         "seed": seed,
         "hist_edges": HIST_EDGES.tolist(),
-        "dataset": {"fingerprint": getattr(samples, "fingerprint", "samples"), "spec": spec_of(samples), "size": len(samples)},
+        "dataset": dataset_entry(getattr(samples, "fingerprint", "samples"), len(samples)),
         "positions": positions_digest(positions),
         "n_positions": len(positions),
         "prompts": prompts_digest(samples),
@@ -74,20 +75,4 @@ def check_folder_for(path: Path, manifest: dict, overwrite: bool) -> dict | None
     return None  # (the old index's explanations are set aside when the new one moves in: see finish_interrupted_write)
 
 
-def prompts_digest(samples) -> str:
-    """A digest of every sample's prompt, in order: the prompt shapes every activation, and a dataset's
-    fingerprint does not cover prompts set on its samples (the command line's --prompt)."""
-    digest = hashlib.sha1()
-    for sample in samples:
-        digest.update(str(sample.prompt).encode() + b"\0")
-    return digest.hexdigest()
-
-
 OVERWRITE_ADVICE = "pass overwrite=True (--overwrite on the command line)"
-
-
-def spec_of(samples) -> str | None:
-    fp = getattr(samples, "fingerprint", None)
-    if isinstance(fp, str) and fp.split(":", 1)[0] in ("shapes", "folder", "coco"):
-        return fp
-    return None

@@ -312,7 +312,8 @@ class NeuronIndex:
         """Attach the dataset the index was collected over (checked by fingerprint)."""
         want = self.manifest.get("dataset", {}).get("fingerprint")
         got = getattr(dataset, "fingerprint", None)
-        if want and got and want != got:
+        whole = f"{got}[0:{len(dataset)}:1]" if got else None  # a dataset is its own whole slice: data == data[:len(data)]
+        if want and got and want not in (got, whole):
             raise ValueError(f"dataset fingerprint {got!r} does not match the index's {want!r}")
         self._dataset = dataset
         return self

@@ -53,3 +53,18 @@ def writing_folder(path: Path) -> Path:
     """Where a new index for `path` is written before it moves in."""
     path = Path(path).expanduser().absolute()  # '.' and '..' have no name of their own
     return path.with_name(path.name + ".writing")
+
+
+def dataset_entry(fingerprint: str, size: int) -> dict:
+    """The manifest's `dataset`: its fingerprint, the spec that rebuilds it (where there is one) and its size."""
+    spec = fingerprint if isinstance(fingerprint, str) and fingerprint.split(":", 1)[0] in ("shapes", "folder", "coco") else None
+    return {"fingerprint": fingerprint, "spec": spec, "size": int(size)}
+
+
+def prompts_digest(samples) -> str:
+    """A digest of every sample's prompt, in order: the prompt shapes every activation, and a dataset's
+    fingerprint does not cover prompts set on its samples (the command line's --prompt)."""
+    digest = hashlib.sha1()
+    for sample in samples:
+        digest.update(str(sample.prompt).encode() + b"\0")
+    return digest.hexdigest()

@@ -26,7 +26,8 @@ CAPTIONS = ["a red circle", "blue", "the red square is a shape", "a", "what is t
 def make_data(n=13):
     rng = np.random.default_rng(1)
     samples = [
-        Sample(id=f"s{i:02d}", image=Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)), caption=CAPTIONS[i % len(CAPTIONS)])
+        Sample(id=f"s{i:02d}", image=Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)),
+               caption=CAPTIONS[i % len(CAPTIONS)])
         for i in range(n)
     ]
     return SampleList(samples, name="rand", fingerprint=f"rand:{n}")
@@ -169,7 +170,8 @@ def test_resume_after_kill_gives_identical_index(tiny_session, data, one_pass, t
     assert again.manifest["format_version"] == 4
 
 
-@pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 5, 7, 9])  # each move of the first two checkpoints (manifest.part, layers, samples, stats, manifest)
+# each move of the first two checkpoints (manifest.part, layers, samples, stats, manifest)
+@pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 5, 7, 9])
 def test_a_kill_while_a_checkpoint_moves_in_resumes_exactly(tiny_session, data, one_pass, tmp_path, monkeypatch, kill_at):
     """A checkpoint's files move in one by one: killed between two moves, the next run finishes the move, then resumes.
 
@@ -257,12 +259,47 @@ def test_shards_merge_into_the_one_pass_index(tiny_session, data, one_pass, tmp_
     with pytest.raises(ValueError, match="differ in top_k"):
         NeuronIndex.merge([a, other], path=tmp_path / "ac")
     elsewhere = tiny_session.collect(make_data(14), path=tmp_path / "d", indices=range(8, 13), map_bits=8, **KW)
-    with pytest.raises(ValueError, match="differ in dataset"):  # positions 8-12 of another dataset
+    with pytest.raises(ValueError, match="different datasets"):  # positions 8-12 of another dataset
         NeuronIndex.merge([a, elsewhere], path=tmp_path / "ad")
     with pytest.raises(IndexFormatError, match="holds another index"):  # a merge never replaces another index unasked
         NeuronIndex.merge([b, a], path=tmp_path / "c")
     assert NeuronIndex.merge([b, a], path=tmp_path / "ab").manifest == merged.manifest  # the same merge again may
     assert merged.manifest == {**one_pass.manifest, "map_bits": merged.manifest["map_bits"]}  # as one pass writes it
+
+
+def test_slices_collected_separately_merge_into_the_one_pass_index(tiny_session, data, tmp_path):
+    """collect(data[:8]) and collect(data[8:]) merge into collect(data[:13]): sample numbers shifted into the union."""
+    whole = data[:13]  # the same samples as `data`, named as the slices' union is
+    one = tiny_session.collect(whole, path=tmp_path / "one", **KW)
+    a = tiny_session.collect(data[:8], path=tmp_path / "a", **KW)
+    b = tiny_session.collect(data[8:], path=tmp_path / "b", **KW)
+    assert b.samples["sample"].tolist() == list(range(5))  # each slice numbers its own samples from 0
+    merged = NeuronIndex.merge([b, a], path=tmp_path / "ab")
+    assert merged.manifest["dataset"] == one.manifest["dataset"] and merged.manifest["prompts"] == one.manifest["prompts"]
+    assert merged.manifest["positions"] == one.manifest["positions"] and merged.manifest["random_redrawn"] is True
+    pd.testing.assert_frame_equal(merged.samples, one.samples)
+    for layer in one.layers:
+        got, want = merged._layer(layer), one._layer(layer)
+        for k in want:
+            if k.startswith("random_"):
+                continue  # drawn again among the slices' random records (see merge_indexes)
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"layer {layer} {k}")
+    pd.testing.assert_frame_equal(merged.stats(), one.stats(), rtol=1e-12, atol=1e-12)
+    # the re-drawn random records are the real ones of the samples they name
+    for r_merged in merged.records(1, 5, kind="random"):
+        r_one = next(r for r in (a.records(1, 5, kind="random") + b.records(1, 5, kind="random")) if r.sample_id == r_merged.sample_id)
+        np.testing.assert_array_equal(r_merged.patch_map, r_one.patch_map)
+    assert merged.dataset is not None and len(merged.dataset) == 13 and merged.sample(9).id == data[9].id
+    assert NeuronIndex.load(tmp_path / "ab", dataset=data).sample(9).id == data[9].id  # data is data[:13]
+    with pytest.raises(ValueError, match="does not match"):
+        NeuronIndex.load(tmp_path / "ab", dataset=data[:12])
+    # a slice seen twice would be counted twice; another dataset's slice is another dataset
+    overlapping = tiny_session.collect(data[6:10], path=tmp_path / "c", **KW)
+    with pytest.raises(ValueError, match="counted twice"):
+        NeuronIndex.merge([a, overlapping], path=tmp_path / "ac")
+    foreign = tiny_session.collect(make_data(20)[8:13], path=tmp_path / "d", **KW)
+    with pytest.raises(ValueError, match="different datasets"):
+        NeuronIndex.merge([a, foreign], path=tmp_path / "ad")
 
 
 def test_four_bit_maps_match_brute_force_and_resume_and_merge_exactly(tiny_session, data, one_pass, tmp_path):
@@ -279,7 +316,8 @@ def test_four_bit_maps_match_brute_force_and_resume_and_merge_exactly(tiny_sessi
         tiny_session.collect(Exploding(data, at=9), path=tmp_path / "resumed", map_bits=4, checkpoint_every=1, **KW)
     resumed = tiny_session.collect(data, path=tmp_path / "resumed", map_bits=4, checkpoint_every=1, **KW)
     assert_same_index(resumed, four, exact=True)
-    a = tiny_session.collect(data, path=tmp_path / "a", indices=range(0, 4), map_bits=4, **KW)  # shards on batch bounds: the same float32 partial sums
+    # shards on batch bounds: the same float32 partial sums
+    a = tiny_session.collect(data, path=tmp_path / "a", indices=range(0, 4), map_bits=4, **KW)
     b = tiny_session.collect(data, path=tmp_path / "b", indices=range(4, 13), map_bits=4, **KW)
     assert_same_index(NeuronIndex.merge([a, b], path=tmp_path / "ab"), four, exact=False)
 
@@ -638,27 +676,27 @@ def test_layers_reduced_side_by_side_equal_one_state_per_layer():
 
     g = torch.Generator().manual_seed(3)
     layers, B, P, Tm, T, N = [1, 4, 5], 6, 4, 5, 12, 7
-    make = lambda: {l: LayerState(N, P, Tm, top_k=5, token_k=6, random_k=2, bits=4) for l in layers}  # noqa: E731
+    make = lambda: {layer: LayerState(N, P, Tm, top_k=5, token_k=6, random_k=2, bits=4) for layer in layers}  # noqa: E731
     separate, grouped = make(), BatchReducer(make(), batch_size=B)
     assert len(grouped._groups) == 1
     for i in range(5):
-        acts = {l: torch.randn(B, T, N, generator=g).round(decimals=1) for l in layers}  # ties
+        acts = {layer: torch.randn(B, T, N, generator=g).round(decimals=1) for layer in layers}  # ties
         image_pos = torch.arange(P).repeat(B, 1) + 2
         text_pos = torch.arange(Tm).repeat(B, 1) + 2 + P
         valid = torch.rand(B, Tm, generator=g) < 0.7
         samples = torch.arange(B) + i * B
         slots = [(0, 1), (1, 4)] if i < 2 else []
         grouped.begin(image_pos, text_pos, valid, samples, slots)
-        for l in layers:
-            separate[l].update(acts[l], image_pos, text_pos, valid, samples, slots)
-            grouped(l, acts[l])
-    for l, state in grouped.states().items():
-        expected = {**separate[l].t, **separate[l].canonical_top()}
+        for layer in layers:
+            separate[layer].update(acts[layer], image_pos, text_pos, valid, samples, slots)
+            grouped(layer, acts[layer])
+    for layer, state in grouped.states().items():
+        expected = {**separate[layer].t, **separate[layer].canonical_top()}
         for name, value in {**state.t, **state.canonical_top()}.items():
             if name.endswith(("_sum", "_sumsq")):  # float32 partial sums over another layout: the last digits
                 torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=1e-5)
             else:
-                assert torch.equal(value, expected[name]), (l, name)
+                assert torch.equal(value, expected[name]), (layer, name)
     # a state split and concatenated again is the same state
     again = LayerState.concat(list(grouped.states().values()))
     for name, value in grouped._groups[0].state.t.items():
@@ -723,7 +761,7 @@ def test_layer_by_layer_reducer_equals_update():
     g = torch.Generator().manual_seed(0)
 
     def dense_states():
-        states = {l: LayerState(5, 3, 4, top_k=3, token_k=4, random_k=1, bits=4) for l in (0, 1)}
+        states = {layer: LayerState(5, 3, 4, top_k=3, token_k=4, random_k=1, bits=4) for layer in (0, 1)}
         for st in states.values():
             st.set_design(sparse=False, keep_dtype=True)
         return states
@@ -731,20 +769,20 @@ def test_layer_by_layer_reducer_equals_update():
     direct, reducer = dense_states(), BatchReducer(dense_states(), batch_size=4)
     assert not reducer._groups
     for i in range(4):
-        acts = {l: torch.randn(4, 9, 5, generator=g) for l in (0, 1)}
+        acts = {layer: torch.randn(4, 9, 5, generator=g) for layer in (0, 1)}
         image_pos, text_pos = torch.arange(3).repeat(4, 1), (torch.arange(4) + 3).repeat(4, 1)
         valid = torch.arange(4)[None] < torch.randint(0, 5, (4, 1), generator=g)  # prefix masks, some empty
         samples, slots = torch.arange(4) + 4 * i, [(0, 2)] if i == 1 else []
         reducer.begin(image_pos, text_pos, valid, samples, slots)
-        for l in (0, 1):
-            direct[l].update(acts[l], image_pos, text_pos, valid, samples, slots)
-            reducer(l, acts[l])
-    for l, state in reducer.states().items():
+        for layer in (0, 1):
+            direct[layer].update(acts[layer], image_pos, text_pos, valid, samples, slots)
+            reducer(layer, acts[layer])
+    for layer, state in reducer.states().items():
         for name, value in state.t.items():
             if name.endswith(("_sum", "_sumsq")):
-                torch.testing.assert_close(value, direct[l].t[name], rtol=1e-6, atol=1e-5)
+                torch.testing.assert_close(value, direct[layer].t[name], rtol=1e-6, atol=1e-5)
             else:
-                assert torch.equal(value, direct[l].t[name]), (l, name)
+                assert torch.equal(value, direct[layer].t[name]), (layer, name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
