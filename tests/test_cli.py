@@ -172,6 +172,7 @@ def write_coco(folder: Path):
     return folder
 
 
+@pytest.mark.slow
 def test_coco_folder_masks_and_captions(tmp_path, checkpoint):
     folder = write_coco(tmp_path / "coco")
     data = coco(folder / "instances.json", images=folder, captions=folder / "captions.json")
@@ -225,6 +226,7 @@ def test_hugging_face_datasets_object(tiny_session):
     assert index.n_samples == 5 and index.sample_id(0) == "hf-0"
 
 
+@pytest.mark.slow
 def test_an_index_collected_again_is_the_same_byte_for_byte(tmp_path):
     """Every file of the folder, safetensors included (its metadata once came out in a per-process order)."""
     args = ["collect", "--model", "toy", "--data", "shapes:n=24,seed=0", "--text", "caption", "--top-k", "4", "--batch-size", "8"]
@@ -265,6 +267,7 @@ def test_folder_annotations_in_a_shape_it_cannot_read_are_refused_by_name(tmp_pa
     assert [s.caption for s in data] == [None, "a red circle"] and data[1].prompt.endswith("hi ASSISTANT:")
 
 
+@pytest.mark.slow
 def test_explain_scores_concepts_with_and_without_a_held_out_index(tmp_path):
     common = ["--model", "toy", "--batch-size", "16", "--text", "caption", "--top-k", "10", "--random-k", "10"]
     run(["collect", *common, "--data", "shapes:n=80,seed=0", "--out", str(tmp_path / "index")])

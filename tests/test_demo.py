@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from neuronwidgets.demo import run_demo
 
 
+@pytest.mark.slow
 def test_demo_runs_and_reruns_over_an_old_folder(tmp_path, capsys):
     first = run_demo(tmp_path, n=96, progress=False)
     assert len(first["table"]) > 0 and all(p.exists() for p in first["files"].values())

@@ -7,7 +7,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -98,6 +97,7 @@ def test_reference_logits_reproduced(toy):
     assert meta.get("torch"), "the reference file records the torch version it was made with"
 
 
+@pytest.mark.slow
 def test_answers_held_out_questions(toy, held_out):
     model, processor = toy
     acc = evaluate(model, processor, held_out)
@@ -178,6 +178,7 @@ def patch_activations(toy, held_out):
     return acts.reshape(acts.shape[0], -1), {k: torch.cat(v) for k, v in labels.items()}, acts.shape[1:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("concept", list(COLORS) + list(SHAPES))
 def test_a_neuron_sees_each_concept(patch_activations, concept):
     acts, shares, (n_layers, n_neurons) = patch_activations
