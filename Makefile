@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-fast lab browser clean
+.PHONY: demo test test-fast lint lab browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,8 +30,13 @@ browser:
 	  || echo "WARNING: could not install chromium; browser tests will be skipped"; \
 	else echo "WARNING: no apt-get: browser tests will be skipped"; fi
 
-## test: the whole suite, slow tests included
+## lint: ruff over the package, the tests and the benchmarks (rules in pyproject.toml)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check neuronwidgets tests benchmarks
+
+## test: lint, then the whole suite, slow tests included
 test: $(STAMP) browser
+	$(VENV)/bin/ruff check neuronwidgets tests benchmarks
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

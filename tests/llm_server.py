@@ -40,7 +40,8 @@ def completion(text: str, model: str, prompt_tokens: int = 11, completion_tokens
         "created": 0,
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
     }
 
 
@@ -80,7 +81,8 @@ class FakeLLMServer:
 
                         time.sleep(reply.delay)
                     if reply.status != 200:
-                        return self._send(reply.status, {"error": {"message": f"status {reply.status}", "type": "test", "code": reply.code}}, reply.headers)
+                        error = {"message": f"status {reply.status}", "type": "test", "code": reply.code}
+                        return self._send(reply.status, {"error": error}, reply.headers)
                     return self._send(200, completion(reply.text, body.get("model", ""), finish_reason=reply.finish_reason), reply.headers)
                 finally:
                     with server.lock:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import nbformat
@@ -14,12 +13,13 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SECRET = "sk-test-SECRET-notebook-0123456789"
 
 
-def test_the_four_notebooks_exist():
+def test_the_notebooks_exist():
     assert [p.name for p in NOTEBOOKS] == [
         "01_quickstart.ipynb",
         "02_course_neurons_in_vlms.ipynb",
         "03_reproduce_paper.ipynb",
         "04_explain_simulate_score.ipynb",
+        "05_decode_and_clamp.ipynb",
     ]
 
 
@@ -139,8 +139,8 @@ def test_reproduce_paper_falls_back_to_the_toy(notebook_env):
 
 @pytest.mark.slow
 def test_llm_vs_concept_with_a_local_server(notebook_env, monkeypatch):
+    from tests.explain.test_explain_llm import fake_model
     from tests.llm_server import FakeLLMServer
-    from tests.test_explain_llm import fake_model
 
     with FakeLLMServer(fake_model) as server:
         monkeypatch.setenv("NEURONWIDGETS_LLM_BASE_URL", server.url)
@@ -161,3 +161,13 @@ def test_llm_half_is_skipped_without_a_key(notebook_env):
     nb = execute(ROOT / "notebooks" / "04_explain_simulate_score.ipynb", notebook_env)
     assert not errors_of(nb)
     assert "the LLM family is skipped here" in outputs_text(nb)
+
+
+@pytest.mark.slow
+def test_decode_and_clamp_runs(notebook_env):
+    nb = execute(ROOT / "notebooks" / "05_decode_and_clamp.ipynb", notebook_env)
+    assert not errors_of(nb)
+    text = outputs_text(nb)
+    assert "the strongest ' red' writer" in text and "excess, its tokens" in text
+    assert (notebook_env / "runs" / "decode" / "index" / "decoding.parquet").exists()
+    assert widget_views(nb) >= 2  # the card with its logit lists, the explorer with its clamp slider

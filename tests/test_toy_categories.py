@@ -13,7 +13,7 @@ import torch
 
 import neuronwidgets as nw
 from neuronwidgets.datasets.shapes import COLORS, SHAPES, shapes
-from tests.test_toy_model import _auroc
+from tests.model.test_toy_model import _auroc
 
 pytestmark = pytest.mark.slow
 

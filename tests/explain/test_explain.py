@@ -122,7 +122,8 @@ def test_formula_parse_print_evaluate():
 
 
 # --- the concept explainer ------------------------------------------------------------------
-@pytest.mark.parametrize("neuron, concept", [(RED, "red"), (BLUE, "blue"), (CIRCLE, "circle"), (RED_CIRCLE, "red AND circle"), (WORD, "square")])
+@pytest.mark.parametrize("neuron, concept", [(RED, "red"), (BLUE, "blue"), (CIRCLE, "circle"), (RED_CIRCLE, "red AND circle"),
+                                             (WORD, "square")])
 def test_concept_explainer_finds_the_ground_truth(world, neuron, concept):
     data, index, _ = world
     exp = ConceptExplainer(data[:120]).explain(index, 0, neuron)

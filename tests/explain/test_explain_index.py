@@ -68,7 +68,8 @@ def test_explain_all_table_is_read_by_the_index(indexes):
 
 def test_bad_arguments_are_clear_errors_not_odd_results(indexes):
     data, index, heldout = indexes
-    for kw, message in (({"max_terms": 0}, "max_terms and beam"), ({"beam": 0}, "max_terms and beam"), ({"ops": ("XOR",)}, "'AND' and 'OR' only")):
+    for kw, message in (({"max_terms": 0}, "max_terms and beam"), ({"beam": 0}, "max_terms and beam"),
+                        ({"ops": ("XOR",)}, "'AND' and 'OR' only")):
         with pytest.raises(ValueError, match=message):
             ConceptExplainer(data, **kw)
     assert ConceptExplainer(data, ops="and").ops == ("AND",)  # one op as a string, not its letters

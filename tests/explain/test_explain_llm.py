@@ -21,8 +21,8 @@ from neuronwidgets.explain import (
 )
 from neuronwidgets.explain.prompts import EXPLAIN_VERSION
 from neuronwidgets.llm import OpenAIClient
-from tests.llm_server import Reply, llm_server  # noqa: F401  (fixture)
-from tests.test_explain import BLUE, RED, WORD, FakeIndex
+from tests.explain.test_explain import BLUE, RED, WORD, FakeIndex
+from tests.llm_server import Reply
 
 SECRET = "sk-test-SECRET-explain-9876543210"
 

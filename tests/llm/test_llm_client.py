@@ -13,7 +13,7 @@ from neuronwidgets.llm import (
     message,
     text_part,
 )
-from tests.llm_server import FakeLLMServer, Reply, llm_server  # noqa: F401  (fixture)
+from tests.llm_server import FakeLLMServer, Reply
 
 SECRET = "sk-test-SECRET-do-not-store-0123456789"
 
@@ -115,7 +115,8 @@ def test_missing_key_is_a_clear_error(tmp_path):
 def test_api_key_is_never_written(llm_server, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     llm_server.script(Reply(status=429, headers={"retry-after": "0"}))
-    client = OpenAIClient(model="test-vlm", base_url=llm_server.url.replace("http://", "http://user:pw@"), cache_dir=tmp_path / "c", backoff=0.001)
+    client = OpenAIClient(model="test-vlm", base_url=llm_server.url.replace("http://", "http://user:pw@"), cache_dir=tmp_path / "c",
+                          backoff=0.001)
     client.chat(_messages())
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert written

@@ -3,12 +3,11 @@
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from neuronwidgets.model.session import Session
 from neuronwidgets.reduce.state import LayerState
+from tests.collect.test_collect import KW, make_data
 from tests.conftest import TINY_WORDS
-from tests.test_collect import KW, make_data
 
 
 @pytest.fixture(scope="module")
