@@ -39,8 +39,15 @@ _LAZY = {
     "SimulationPlot": "neuronwidgets.widgets",
     "NeuronExplorer": "neuronwidgets.widgets",
     "to_html": "neuronwidgets.widgets",
+    # LM-head decoding of neurons, causal scores, clamping (issue 25)
+    "decode_neurons": "neuronwidgets.decode",
+    "NeuronDecoding": "neuronwidgets.decode",
+    "load_decoding": "neuronwidgets.decode",
+    "causal_score": "neuronwidgets.decode",
+    "clamp": "neuronwidgets.model.intervene",
+    "ablate": "neuronwidgets.model.intervene",
 }
-_SUBMODULES = ("llm", "render", "explain", "widgets", "categorize", "collect")
+_SUBMODULES = ("llm", "render", "explain", "widgets", "categorize", "collect", "decode", "features")
 
 
 def __getattr__(name: str):

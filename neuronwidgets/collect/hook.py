@@ -34,22 +34,27 @@ class BatchReducer:
             self._groups = [_LayerGroup({layer: states[layer] for layer in self.layers[i : i + size]})
                             for i in range(0, len(self.layers), size)]
         self._group_of = {layer: g for g in self._groups for layer in g.layers}
+        self._states = {layer: s for layer, s in states.items() if layer not in self._group_of}  # the groups hold the rest
         self._batch = None
+        self._image_valid = None
 
     def begin(self, image_pos: torch.Tensor, text_pos: torch.Tensor, text_valid: torch.Tensor, samples: torch.Tensor,
-              random_slots: list[tuple[int, int]]) -> None:
-        """The next batch's token positions [B, P] and [B, Tm] (with validity), sample numbers [B] and random slots."""
+              random_slots: list[tuple[int, int]], image_valid: torch.Tensor | None = None) -> None:
+        """The next batch's token positions [B, P] and [B, Tm] (with validity), sample numbers [B] and random slots.
+
+        image_valid [B, P]: the real image positions where samples hold fewer than P (None: all are real)."""
         text_pos, text_valid = trim_text(text_pos, text_valid)
         self._batch = (image_pos, text_pos, text_valid, samples, random_slots)
+        self._image_valid = image_valid
 
     def __call__(self, layer: int, acts: torch.Tensor) -> None:
         group = self._group_of.get(layer)
         if group is None:  # the text was trimmed once for the batch in `begin`, not again per layer
             image_pos, text_pos, text_valid, samples, random_slots = self._batch
             state = self._states[layer]
-            state.update_tokens(*state.gather(acts, image_pos, text_pos), text_valid, samples, random_slots)
+            state.update_tokens(*state.gather(acts, image_pos, text_pos), text_valid, samples, random_slots, self._image_valid)
         else:
-            group.add(layer, acts, *self._batch)
+            group.add(layer, acts, *self._batch, image_valid=self._image_valid)
 
     def states(self) -> dict[int, LayerState]:
         """The exact per-layer states (on a CPU, views of the groups' arrays: read them before the next batch)."""
@@ -68,12 +73,13 @@ class _LayerGroup:
         if len(set(self.sizes)) > 1:
             raise ValueError(f"layers reduced side by side need the same number of neurons, got {self.sizes}")
         self.n = self.sizes[0]
-        self.state = LayerState.concat([states[layer] for layer in self.layers])
+        # one layer: its own state (a copy would double its memory: 240 MB at LLaVA's shape)
+        self.state = states[self.layers[0]] if len(self.layers) == 1 else LayerState.concat([states[layer] for layer in self.layers])
         self._slot = {layer: i for i, layer in enumerate(self.layers)}
         self._seen = 0
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def add(self, layer, acts, image_pos, text_pos, text_valid, samples, random_slots) -> None:
+    def add(self, layer, acts, image_pos, text_pos, text_valid, samples, random_slots, image_valid=None) -> None:
         """Gather `layer`'s batch tokens into the group's buffers; after the last layer, fold them in."""
         L, n = len(self.layers), self.n
         if self._seen == 0:
@@ -87,7 +93,7 @@ class _LayerGroup:
             self._seen = 0
             B = samples.shape[0]
             img, txt = (buf.view(B, -1, L * n).float() for buf in self._buffers)
-            self.state.update_tokens(img, txt, text_valid, samples, random_slots)
+            self.state.update_tokens(img, txt, text_valid, samples, random_slots, image_valid)
 
     def states(self) -> dict[int, LayerState]:
         return dict(zip(self.layers, self.state.split(self.sizes)))

@@ -19,17 +19,26 @@ from neuronwidgets.store.reading import read_json_object
 
 
 def run_manifest(session, samples, layers: list[int], positions: list[int], *, text: str, top_k: int, map_k: int | None,
-                 token_k: int | None, random_k: int, map_bits: int, max_text_tokens: int, batch_size: int, seed: int) -> dict:
-    """What identifies a collection: the manifest `collect` writes, but for its progress and random samples."""
-    rows, cols = session.grid
+                 token_k: int | None, random_k: int, map_bits: int, max_text_tokens: int, batch_size: int, seed: int,
+                 n_patches: int | None = None) -> dict:
+    """What identifies a collection: the manifest `collect` writes, but for its progress and random samples.
+
+    grid: the fixed grid [rows, cols], or None where it varies per sample (the samples table then holds
+    each sample's grid_rows and grid_cols); n_patches: the image tokens kept per sample."""
+    grid = session.grid
+    if grid is None and n_patches is None:
+        from neuronwidgets.collect.patches import patch_width
+
+        n_patches = patch_width(session, samples)
     return {
         "format_version": FORMAT_VERSION,
         "model": session.name,
         "site": session.site,
         "layers": layers,
         "n_neurons": session.n_neurons,
-        "grid": [rows, cols],
-        "n_patches": rows * cols,
+        "grid": None if grid is None else [grid[0], grid[1]],
+        "n_patches": grid[0] * grid[1] if grid is not None else int(n_patches),
+        **({} if grid is not None else {"crop": bool(session.adapter.crop)}),  # the grid covers the whole image, or its centre square
         "text": text,
         "top_k": top_k,
         "map_k": top_k if map_k is None else min(map_k, top_k),

@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 from neuronwidgets.collect.config import TEXT_SOURCES, check_indices
 from neuronwidgets.collect.hook import BatchReducer
 from neuronwidgets.collect.manifest import check_folder_for, run_manifest
+from neuronwidgets.collect.passes import collect_in_passes, layer_groups, state_bytes
+from neuronwidgets.collect.patches import patch_width, sample_patches
 from neuronwidgets.datasets.convert import as_samples
 from neuronwidgets.model.encoding import Encoded, token_texts
 from neuronwidgets.reduce.random_set import RandomSet, random_key
@@ -38,7 +40,8 @@ def collect(session: Session, dataset: Iterable[Sample | tuple], *, layers: Sequ
             token_k: int | None = None, random_k: int = 10, map_k: int | None = 30, batch_size: int = 16,
             path: str | Path | None = None, text: str = "generate", max_text_tokens: int = 64, map_bits: int = 4,
             checkpoint_every: int | None = None, indices: Sequence[int] | None = None, seed: int = 0, overwrite: bool = False,
-            progress: bool = True, prefetch: bool | None = None) -> NeuronIndex:
+            progress: bool = True, prefetch: bool | None = None, max_patches: int | None = None,
+            max_state_bytes: int | None = None) -> NeuronIndex:
     """Record `layers` (default all) over `dataset` and return its NeuronIndex.
 
     text: which tokens count as text tokens, as in the paper: "generate" (the model's own
@@ -53,7 +56,13 @@ def collect(session: Session, dataset: Iterable[Sample | tuple], *, layers: Sequ
     prefetch: read and encode the next batch on a second thread while the model runs the current
     one (with text="generate", only read it). Default: when the model is not on a CPU, whose
     cores the model's own threads already use.
+    max_patches: for a model whose grid varies per input (Qwen2-VL, LLaVA-NeXT, Idefics3, ...), the
+    image tokens kept per sample (default: the most any image of the dataset has; see collect/patches.py).
+    max_state_bytes: the most memory the layers' states may take at once (default: 1.5 GiB on a CPU, no
+    limit on a GPU); more layers than fit are collected in groups, one pass over the data per group
+    (see collect/passes.py), into the same index.
     """
+    call = dict(locals())  # the arguments, for the passes over groups of layers
     if text not in TEXT_SOURCES:
         raise ValueError(f"text must be one of {TEXT_SOURCES}, got {text!r}")
     if map_bits not in (4, 8):
@@ -76,12 +85,22 @@ def collect(session: Session, dataset: Iterable[Sample | tuple], *, layers: Sequ
     positions = list(range(len(samples))) if indices is None else check_indices(indices, len(samples))
     if not positions:
         raise ValueError("indices is empty: nothing to collect" if indices is not None else "the dataset is empty: nothing to collect")
-    rows, cols = session.grid
+    n_patches = patch_width(session, samples, max_patches)
     manifest = run_manifest(session, samples, layers, positions, text=text, top_k=top_k, map_k=map_k, token_k=token_k,
-                            random_k=random_k, map_bits=map_bits, max_text_tokens=max_text_tokens, batch_size=batch_size, seed=seed)
+                            random_k=random_k, map_bits=map_bits, max_text_tokens=max_text_tokens, batch_size=batch_size, seed=seed,
+                            n_patches=n_patches)
     batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
     device = session.device
-    state = {layer: LayerState(session.n_neurons, rows * cols, max_text_tokens, top_k, manifest["token_k"], random_k, map_bits, device)
+    per_layer = state_bytes(session.n_neurons, n_patches, max_text_tokens, top_k, manifest["token_k"], random_k, map_bits)
+    groups = layer_groups(layers, per_layer, max_state_bytes, device)
+    if len(groups) > 1:
+        target = Path(path).expanduser() if path is not None else None
+        found = check_folder_for(target, manifest, overwrite) if target is not None else None
+        if found is not None and found.get("complete"):
+            return NeuronIndex.load(target, dataset=samples)
+        rest = {k: v for k, v in call.items() if k not in ("session", "dataset", "layers", "path", "overwrite", "max_state_bytes")}
+        return collect_in_passes(collect, session, samples, groups, manifest, path=target, overwrite=overwrite, **rest)
+    state = {layer: LayerState(session.n_neurons, n_patches, max_text_tokens, top_k, manifest["token_k"], random_k, map_bits, device)
              for layer in layers}
     random = RandomSet(random_k, seed)
     sample_rows: list[dict] = []
@@ -100,17 +119,18 @@ def collect(session: Session, dataset: Iterable[Sample | tuple], *, layers: Sequ
             start = found["next_batch"]
 
     reducer = BatchReducer(state, batch_size)
+    state = None  # the reducer holds the states (on a CPU, layers side by side in copies: the originals can go)
     clock = _CheckpointClock(checkpoint_every)
     bar = tqdm(total=len(positions), initial=sum(len(b) for b in batches[:start]), desc="collect", unit="img", disable=not progress)
 
     def prepare(batch: list[int]) -> PreparedBatch:
-        return prepare_batch(session, samples, batch, text, max_text_tokens)
+        return prepare_batch(session, samples, batch, text, max_text_tokens, n_patches)
 
     if prefetch is None:
         prefetch = torch.device(device).type != "cpu"
     prepared_batches = (ahead if prefetch else map)(prepare, batches[start:])
     for done, prepared in enumerate(prepared_batches, start + 1):
-        sample_rows += run_batch(session, prepared, reducer, random, text, max_text_tokens)
+        sample_rows += run_batch(session, prepared, reducer, random, text, max_text_tokens, n_patches)
         bar.update(len(prepared.batch))
         if path is not None and done < len(batches) and clock.due(done):
             with clock.writing():
@@ -190,9 +210,11 @@ class PreparedBatch:
     encoded: list[Encoded] | None = None
     positions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     rows: list[dict] = field(default_factory=list)
+    image_valid: np.ndarray | None = None  # [B, P] where samples hold fewer image tokens than P
 
 
-def prepare_batch(session: Session, samples: Sequence[Sample], batch: list[int], text: str, max_text_tokens: int) -> PreparedBatch:
+def prepare_batch(session: Session, samples: Sequence[Sample], batch: list[int], text: str, max_text_tokens: int,
+                  n_patches: int | None = None) -> PreparedBatch:
     """Read a batch of dataset positions and, where the text needs no model, encode it."""
     items = [samples[i] for i in batch]
     prepared = PreparedBatch(batch, items, [s.get_image() for s in items])
@@ -204,32 +226,52 @@ def prepare_batch(session: Session, samples: Sequence[Sample], batch: list[int],
             conts = session.tokenizer([" " + s.caption.strip() for s in items], add_special_tokens=False)["input_ids"]
         else:
             conts = [None] * len(items)
-        _encode(session, prepared, conts, text, max_text_tokens)
+        _encode(session, prepared, conts, text, max_text_tokens, n_patches)
     return prepared
 
 
-def _encode(session: Session, prepared: PreparedBatch, conts: list, text: str, max_text_tokens: int) -> None:
+def _encode(session: Session, prepared: PreparedBatch, conts: list, text: str, max_text_tokens: int, n_patches: int | None = None) -> None:
     """Encode the batch with its continuations; fill in its token positions and table rows."""
     tok = session.tokenizer
     prepared.encoded = session.encode_batch(prepared.images, [s.prompt for s in prepared.items], conts)
     image_pos, text_lists, text_pos, text_valid = _positions(session, prepared.encoded, text, max_text_tokens)
+    grids = None
+    if not session.adapter.fixed_grid:  # each sample's own grid: its patches first, then the rest, then padding
+        image_pos, prepared.image_valid, grids = _variable_patches(session, prepared.encoded, n_patches)
     prepared.positions = (image_pos, text_pos, text_valid)
-    for s_idx, enc, tp, item in zip(prepared.batch, prepared.encoded, text_lists, prepared.items):
+    for i, (s_idx, enc, tp, item) in enumerate(zip(prepared.batch, prepared.encoded, text_lists, prepared.items)):
         ids = [enc.input_ids[p] for p in tp]
-        prepared.rows.append({"sample": s_idx, "sample_id": item.id, "text_token_ids": ids,
-                              "text_tokens": token_texts(tok, ids), "text": tok.decode(ids, skip_special_tokens=True)})
+        row = {"sample": s_idx, "sample_id": item.id, "text_token_ids": ids,
+               "text_tokens": token_texts(tok, ids), "text": tok.decode(ids, skip_special_tokens=True)}
+        if grids is not None:
+            row.update(grid_rows=grids[i][0], grid_cols=grids[i][1], n_image_tokens=int(prepared.image_valid[i].sum()))
+        prepared.rows.append(row)
+
+
+def _variable_patches(session: Session, encoded: list[Encoded], width: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """Image positions [B, width] in stored order, their validity [B, width], each sample's grid."""
+    image_pos = np.zeros((len(encoded), width), np.int64)
+    valid = np.zeros((len(encoded), width), bool)
+    grids = []
+    for i, enc in enumerate(encoded):
+        order, grid = sample_patches(session, enc, width)
+        image_pos[i, : len(order)] = order
+        valid[i, : len(order)] = True
+        grids.append(grid)
+    return image_pos, valid, grids
 
 
 def run_batch(session: Session, prepared: PreparedBatch, reducer: BatchReducer, random: RandomSet, text: str,
-              max_text_tokens: int) -> list[dict]:
+              max_text_tokens: int, n_patches: int | None = None) -> list[dict]:
     """Run a prepared batch through the model (generating its text first if asked) and fold it in; its table rows."""
     if prepared.encoded is None:
         conts = session.generate_ids(prepared.images, [s.prompt for s in prepared.items], max_new_tokens=max_text_tokens)
-        _encode(session, prepared, conts, text, max_text_tokens)
+        _encode(session, prepared, conts, text, max_text_tokens, n_patches)
     device = session.device
     slots = [(slot, j) for j, s_idx in enumerate(prepared.batch) if (slot := random.offer(s_idx)) is not None]
     sample_ids = torch.tensor(prepared.batch, dtype=torch.int64, device=device)
-    reducer.begin(*(torch.as_tensor(x, device=device) for x in prepared.positions), sample_ids, slots)
+    valid = None if prepared.image_valid is None or prepared.image_valid.all() else torch.as_tensor(prepared.image_valid, device=device)
+    reducer.begin(*(torch.as_tensor(x, device=device) for x in prepared.positions), sample_ids, slots, image_valid=valid)
     session.forward_record(prepared.encoded, reducer.layers, on_activation=reducer)
     return prepared.rows
 
@@ -251,7 +293,8 @@ def _positions(session, encoded, text: str, max_text: int):
     image_id = session.adapter.image_token_id
     special = set(session.tokenizer.all_special_ids)
     B = len(encoded)
-    P = session.grid[0] * session.grid[1]
+    fixed = session.adapter.fixed_grid  # else the image positions come from _variable_patches
+    P = session.grid[0] * session.grid[1] if fixed else 0
     image_pos = np.zeros((B, P), np.int64)
     text_pos = np.zeros((B, max_text), np.int64)
     valid = np.zeros((B, max_text), bool)
@@ -259,9 +302,9 @@ def _positions(session, encoded, text: str, max_text: int):
     for i, enc in enumerate(encoded):
         ids = np.asarray(enc.input_ids)
         img = np.flatnonzero(ids == image_id)
-        if len(img) != P:
+        if fixed and len(img) != P:
             raise ValueError(f"expected {P} image tokens, found {len(img)} (one image per prompt)")
-        image_pos[i] = img
+        image_pos[i] = img[:P]
         if text == "prompt":
             tp = [p for p in range(enc.n_prompt) if ids[p] != image_id and int(ids[p]) not in special]
         else:

@@ -4,7 +4,7 @@
     dec.top_tokens(3, 117)                          # promoted tokens of what neuron 3/117 writes
     dec.save("runs/toy")                            # runs/toy/decoding.parquet, beside the index
     dec = NeuronDecoding.load("runs/toy")
-    causal_score(session.model, inputs, 3, 117, value=8.0, decoding=dec)
+    causal_score(session, [(image, prompt)], 3, 117, value=8.0, decoding=dec)   # see causal.py
 """
 
 from neuronwidgets.decode.causal import (
@@ -24,6 +24,7 @@ from neuronwidgets.decode.lm_head import (
     NeuronDecoding,
     decode_directions,
     decode_neurons,
+    decoding_for,
     find_parts,
     load_decoding,
     vocab_texts,
@@ -31,6 +32,6 @@ from neuronwidgets.decode.lm_head import (
 
 __all__ = [
     "COLUMNS", "CausalScore", "DIRECTIONS", "DecodingFormatError", "FILENAME", "KINDS", "ModelParts", "NeuronDecoding",
-    "causal_score", "clamp_sweep", "decode_directions", "decode_neurons", "find_parts", "load_decoding",
+    "causal_score", "clamp_sweep", "decode_directions", "decode_neurons", "decoding_for", "find_parts", "load_decoding",
     "next_token_logprobs", "score_explanation", "vocab_texts",
 ]

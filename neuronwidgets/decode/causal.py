@@ -2,7 +2,7 @@
 
 Definition. For neuron ``n`` of layer ``l``, named tokens ``T`` (by default its top-k
 ``writes``/``promoted`` tokens from a `NeuronDecoding`), prompts ``p_1..p_P`` and a clamp
-value ``v`` at a site (``"act"`` or ``"mlp_in"``, see `neuronwidgets.interventions`):
+value ``v`` at a site (``"act"`` or ``"mlp_in"``, see `neuronwidgets.model.intervene`):
 
     delta_i(t) = log p_v(t | p_i) - log p(t | p_i)
 
@@ -33,7 +33,7 @@ from torch import nn
 
 from neuronwidgets.checks import whole_number
 from neuronwidgets.decode.lm_head import find_parts, vocab_texts
-from neuronwidgets.interventions import check_neuron, clamp
+from neuronwidgets.model.intervene import check_neuron, clamp
 
 
 def _module(model) -> nn.Module:
@@ -76,6 +76,11 @@ def _as_inputs(model, inputs) -> list:
     return inputs
 
 
+def _site(model, site: str | None) -> str:
+    """The site asked for, else a Session's own, else "act"."""
+    return site or getattr(model, "site", None) or "act"
+
+
 def _last_positions(inputs: Mapping) -> torch.Tensor:
     mask = inputs.get("attention_mask")
     ids = inputs.get("input_ids")
@@ -90,7 +95,7 @@ def _last_positions(inputs: Mapping) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def next_token_logprobs(model, inputs: Sequence[Mapping], spec: Mapping | None = None, site: str = "act",
+def next_token_logprobs(model, inputs: Sequence[Mapping], spec: Mapping | None = None, site: str | None = None,
                         means: Mapping | None = None) -> torch.Tensor:
     """log p(next token) at each input's last position, float32 [n_inputs, vocab], with neurons clamped by `spec`.
 
@@ -102,7 +107,7 @@ def next_token_logprobs(model, inputs: Sequence[Mapping], spec: Mapping | None =
     rows = []
     layers = find_parts(module).layers
     device = next(module.parameters()).device
-    with clamp(layers, dict(spec or {}), site=site, means=means):
+    with clamp(layers, dict(spec or {}), site=_site(model, site), means=means):
         for inp in inputs:
             inp = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in dict(inp).items()}
             logits = module(**inp).logits
@@ -142,7 +147,7 @@ def _named_tokens(decoding, layer: int, neuron: int, kind: str, direction: str, 
 
 def causal_score(model, inputs: Sequence[Mapping], layer: int, neuron: int, value: float | str, *,
                  decoding=None, tokens: Sequence[int] | None = None, k: int = 10, kind: str = "writes",
-                 site: str = "act", means: Mapping | None = None, tokenizer=None) -> CausalScore:
+                 site: str | None = None, means: Mapping | None = None, tokenizer=None) -> CausalScore:
     """The causal score of neuron (`layer`, `neuron`) clamped to `value` over `inputs` (definition: module docstring).
 
     The scored tokens are `tokens`, or the top `k` promoted tokens of `kind` in `decoding`.
@@ -159,6 +164,7 @@ def causal_score(model, inputs: Sequence[Mapping], layer: int, neuron: int, valu
         raise ValueError("no tokens to score")
     inputs = _as_inputs(model, inputs)
     before = next_token_logprobs(module, inputs)
+    site = _site(model, site)
     after = next_token_logprobs(module, inputs, {(layer, neuron): value}, site=site, means=means)
     vocab = before.shape[1]
     bad = [t for t in tokens if not 0 <= t < vocab]
@@ -196,7 +202,7 @@ def score_explanation(explanation, model, inputs: Sequence[Mapping], value: floa
 
 
 def clamp_sweep(model, inputs: Sequence[Mapping], layer: int, neuron: int, values: Sequence[float],
-                tokens: Sequence[int], site: str = "act") -> pd.DataFrame:
+                tokens: Sequence[int], site: str | None = None) -> pd.DataFrame:
     """p(token) at the next position, averaged over `inputs`, for each clamp value: value, token_id, prob, logprob."""
     module = _module(model)
     layer, neuron = check_neuron(find_parts(module).layers, (layer, neuron))
@@ -204,7 +210,7 @@ def clamp_sweep(model, inputs: Sequence[Mapping], layer: int, neuron: int, value
     inputs = _as_inputs(model, inputs)
     rows = []
     for v in values:
-        lp = next_token_logprobs(module, inputs, {(layer, neuron): v}, site=site)[:, tokens]
+        lp = next_token_logprobs(module, inputs, {(layer, neuron): v}, site=_site(model, site))[:, tokens]
         for j, t in enumerate(tokens):
             rows.append({"value": v, "token_id": t, "prob": float(lp[:, j].exp().mean()),
                          "logprob": float(lp[:, j].mean())})

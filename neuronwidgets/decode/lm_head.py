@@ -12,12 +12,14 @@ are decoded:
   input passes through, so the row is expressed in residual-stream coordinates.
 
 A direction ``d`` is decoded as ``logits = W_U (g * d)``: ``W_U`` the LM head's weight
-``[vocab, hidden]``, ``g`` the final RMSNorm's weight applied elementwise. The norm's
+``[vocab, hidden]``, ``g`` the final RMSNorm's weight applied elementwise (Gemma's norms
+scale by ``1 + weight``, and that is what is used for them). The norm's
 division by the root mean square is left out (no mean/variance normalisation), as in the
 logit-lens literature on weights (Geva et al. 2022; Dar et al. 2023; "Decoding specialised
 feature neurons in LLMs with the final projection layer"): it is one positive factor per
 direction, so it changes no ranking of one neuron's tokens, only the logits' scale. An LM
-head bias, if any, is left out too (it is the same for every neuron). ``promoted`` tokens
+head bias, if any, is left out too (it is the same for every neuron), and so is a final
+logit soft-cap (monotone: it changes no ranking). ``promoted`` tokens
 are the ``k`` largest logits, ``suppressed`` the ``k`` smallest (most negative).
 
 Decoding is chunked over neurons: at most ``chunk_size`` rows of ``[neurons, vocab]`` logits
@@ -42,6 +44,7 @@ import torch
 from torch import nn
 
 from neuronwidgets.checks import whole_number
+from neuronwidgets.model.intervene import language_model_of
 
 KINDS = ("writes", "reads_up", "reads_gate")
 DIRECTIONS = ("promoted", "suppressed")
@@ -66,22 +69,21 @@ class ModelParts:
 
 
 def find_parts(model) -> ModelParts:
-    """Decoder layers, final norm and LM head of a transformers causal LM or LLaVA (or a Session).
+    """Decoder layers, final norm and LM head of a transformers causal LM or VLM (or a Session).
 
-    Layers and norm are found as the LLaVA adapter finds the layers (``model.model.language_model``,
-    older ``model.language_model.model``, or a plain ``LlamaForCausalLM``'s ``model.model``); the
-    LM head is ``model.lm_head`` or ``get_output_embeddings()``.
+    The decoder stack is found by `neuronwidgets.model.intervene.language_model_of`
+    (``model.model.language_model`` for LLaVA, older ``model.language_model.model``, a plain
+    ``LlamaForCausalLM``'s ``model.model``); the final norm is its ``.norm``; the LM head is
+    ``model.lm_head`` or ``get_output_embeddings()``.
     """
     if not isinstance(model, nn.Module) and isinstance(getattr(model, "model", None), nn.Module):
         model = model.model  # a Session
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a transformers model (nn.Module) or a Session, got {type(model).__name__}")
-    inner = getattr(model, "model", model)
-    lm = getattr(inner, "language_model", None)
-    if lm is None and hasattr(model, "language_model"):
-        lm = getattr(model.language_model, "model", model.language_model)  # transformers < 4.52 LLaVA
-    if lm is None:
-        lm = inner
+    try:
+        lm = language_model_of(model)
+    except TypeError:
+        lm = None
     layers = getattr(lm, "layers", None)
     norm = getattr(lm, "norm", None)
     head = getattr(model, "lm_head", None)
@@ -90,8 +92,17 @@ def find_parts(model) -> ModelParts:
     missing = [name for name, part in (("decoder layers", layers), ("final norm", norm), ("LM head", head)) if part is None]
     if missing:
         raise TypeError(f"cannot find the {', '.join(missing)} of {type(model).__name__}: "
-                        "decoding supports Llama-style causal LMs and LLaVA")
+                        "decoding supports Llama-style causal LMs and the VLMs built on them")
     return ModelParts(layers=layers, norm=norm, lm_head=head)
+
+
+def norm_scale(norm: nn.Module) -> torch.Tensor | None:
+    """The elementwise scale a final RMSNorm applies: its weight (Gemma's norms: 1 + weight); None without a weight."""
+    weight = getattr(norm, "weight", None)
+    if weight is None:
+        return None
+    weight = weight.detach()
+    return 1.0 + weight if type(norm).__name__.startswith("Gemma") else weight
 
 
 def vocab_texts(tokenizer, vocab_size: int) -> list[str]:
@@ -112,8 +123,9 @@ def _directions(mlp: nn.Module, layer_module: nn.Module, kind: str, fold_input_n
     rows = proj.weight.detach()  # [neurons, hidden]
     if fold_input_norm:
         ln = getattr(layer_module, "post_attention_layernorm", None)
-        if ln is not None and getattr(ln, "weight", None) is not None:
-            rows = rows * ln.weight.detach().to(rows.dtype)
+        scale = norm_scale(ln) if ln is not None else None
+        if scale is not None:
+            rows = rows * scale.to(rows.dtype)
     return rows
 
 
@@ -162,12 +174,13 @@ def decode_directions(directions: torch.Tensor, unembed: torch.Tensor, norm_weig
 
 def decode_neurons(model, tokenizer=None, layers: Sequence[int] | None = None, k: int = 10,
                    kinds: Sequence[str] = KINDS, chunk_size: int | None = None, fold_input_norm: bool = True,
-                   dtype: torch.dtype = torch.float32, progress: bool = False) -> "NeuronDecoding":
+                   dtype: torch.dtype = torch.float32, progress: bool = False, path=None) -> "NeuronDecoding":
     """Decode every neuron of `layers` (all by default) into its top-k promoted and suppressed tokens.
 
     `model` is a transformers LLaVA or causal LM, or a Session (whose tokenizer is then used
     unless one is given). See the module docstring for what is decoded and how the final
-    norm is applied.
+    norm is applied. `path` (a folder, or a NeuronIndex: its folder) also saves the result
+    there as decoding.parquet, beside the index's files.
     """
     if tokenizer is None and not isinstance(model, nn.Module):
         tokenizer = getattr(model, "tokenizer", None)
@@ -179,11 +192,14 @@ def decode_neurons(model, tokenizer=None, layers: Sequence[int] | None = None, k
     else:
         if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
             layers = [layers]
-        layers = [whole_number(x, "layer") for x in layers]
-        for x in layers:
-            if not 0 <= x < n_layers:
-                raise IndexError(f"layer {x} does not exist: the model has layers 0..{n_layers - 1}")
-    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+        given = [whole_number(x, "layer") for x in layers]
+        for x in given:
+            if not -n_layers <= x < n_layers:
+                raise IndexError(f"layer {x} does not exist: the model has layers 0..{n_layers - 1} (or -{n_layers}..-1)")
+        layers = sorted({x % n_layers for x in given})  # negative: from the last, as in Python
+        if not layers:
+            raise ValueError(f"no layers given: pass layers=None for all {n_layers}")
+    kinds = [kinds] if isinstance(kinds, str) else list(dict.fromkeys(kinds))
     for kind in kinds:
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
@@ -191,7 +207,7 @@ def decode_neurons(model, tokenizer=None, layers: Sequence[int] | None = None, k
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     unembed = parts.lm_head.weight.detach()
-    norm_weight = getattr(parts.norm, "weight", None)
+    norm_weight = norm_scale(parts.norm)
     vocab = unembed.shape[0]
     results: dict[tuple[int, str], tuple] = {}
     started = time.perf_counter()
@@ -225,7 +241,47 @@ def decode_neurons(model, tokenizer=None, layers: Sequence[int] | None = None, k
         "seconds": round(time.perf_counter() - started, 3),
     }
     frame = _to_frame(results, vocab_texts(tokenizer, vocab))
-    return NeuronDecoding(frame, meta)
+    decoding = NeuronDecoding(frame, meta)
+    if path is not None:
+        decoding.save(_folder_of(path))
+    return decoding
+
+
+def _folder_of(where) -> Path:
+    """A folder from a path or from an object with a `.path` (a NeuronIndex)."""
+    if isinstance(where, (str, os.PathLike)):
+        return Path(where).expanduser()
+    folder = getattr(where, "path", None)
+    if folder is None:
+        raise ValueError(f"{type(where).__name__} has no folder to save a decoding beside (an in-memory index?)")
+    return Path(folder)
+
+
+_LOADED: dict = {}
+
+
+def decoding_for(index) -> "NeuronDecoding | None":
+    """The decoding saved in `index`'s folder (decoding.parquet), or None when there is none or it decodes other neurons."""
+    folder = getattr(index, "path", None)
+    file = Path(folder) / FILENAME if folder is not None else None
+    if file is None or not file.is_file():
+        return None
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_mtime_ns, stat.st_size)
+    decoding = _LOADED.get(key)
+    if decoding is None:
+        decoding = NeuronDecoding.load(file)
+        _LOADED.clear()  # one decoding kept: a 7B model's is a few hundred MB
+        _LOADED[key] = decoding
+    n = getattr(index, "n_neurons", None)
+    saved = set((decoding.meta.get("n_neurons") or {}).values())
+    if n is not None and saved and saved != {int(n)}:
+        import warnings
+
+        warnings.warn(f"{str(Path(folder) / FILENAME)!r} decodes layers of {sorted(saved)} neurons, the index has {n}: "
+                      "not used", stacklevel=2)
+        return None
+    return decoding
 
 
 def _to_frame(results: dict, texts: list[str]) -> pd.DataFrame:

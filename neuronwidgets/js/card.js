@@ -3,6 +3,7 @@
 // model, a file or an LLM is set with textContent.
 import { h, clear, f32, i32, fmt, level, levelColor, textColor, showToken, blobUrl } from "./core.js";
 import { renderPatches } from "./patches.js";
+import { renderLogitLists } from "./logits.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 
@@ -10,7 +11,8 @@ const SVG = "http://www.w3.org/2000/svg";
 //         score: {score, baseline, kinds: {top, random, all}} | {},
 //         exemplars: [{sample_id, kind, activation, image (bytes PNG), values (f32), grid,
 //                      tokens: string[], text_values (f32)}],
-//         hist: {image: {edges (f32), counts (i32)}, text: {...}}, vmax }
+//         hist: {image: {edges (f32), counts (i32)}, text: {...}}, vmax,
+//         logits: {writes|reads_up|reads_gate: {promoted: [{token, token_id, logit}], suppressed: [...]}} }
 // urls: a Map reused across renders (bytes -> object URL), revoked by the caller's cleanup.
 export function renderCard(container, card, urls) {
   clear(container);
@@ -36,6 +38,8 @@ export function renderCard(container, card, urls) {
   if (meta.length) box.appendChild(h("div", "nw-card-meta", meta.join(" \u00b7 ")));
 
   box.appendChild(scoreBlock(card.score || {}));
+  const logitBlock = renderLogitLists(card.logits || {}); // LM-head decoding (issue 25), absent when not decoded
+  if (logitBlock) box.appendChild(logitBlock);
 
   const ex = card.exemplars || [];
   if (ex.length) {

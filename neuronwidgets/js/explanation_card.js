@@ -15,10 +15,11 @@ function render({ model, el }) {
       exemplars: model.get("exemplars"),
       hist: model.get("hist"),
       vmax: model.get("vmax"),
+      logits: model.get("logits"),
     }, urls);
   };
   draw();
-  const unwatch = watch(model, ["header", "score", "exemplars", "hist", "vmax"], draw);
+  const unwatch = watch(model, ["header", "score", "exemplars", "hist", "vmax", "logits"], draw);
   return () => {
     unwatch();
     untip();

@@ -14,6 +14,7 @@ import { explorerLayout } from "./explorer_layout.js";
 import { drawNeuronPicker, drawNeuronMatches } from "./explorer_picker.js";
 import { drawThumbnails, drawPromptSuggestions } from "./explorer_inputs.js";
 import { panelScheduler, findSnapshot } from "./explorer_schedule.js";
+import { createClampView } from "./explorer_clamp.js";
 
 const WAIT_MS = 150;
 
@@ -153,6 +154,10 @@ function render({ model, el }) {
     sim.update(simulationData((k) => (k === "spec" ? model.get("sim_spec") : k === "focus" ? simFocus : data[k])));
   }
 
+  const clampView = createClampView(els.clampEl, isStatic, (msg) => model.send(msg)); // issue 25
+  const drawClamp = () =>
+    clampView.update(model.get("clamp_range"), model.get("clamp_view"), { layer: model.get("layer"), neuron: model.get("neuron") });
+
   function drawPrompt() {
     if (document.activeElement !== prompt && prompt.value !== (model.get("prompt") || "")) prompt.value = model.get("prompt") || "";
   }
@@ -167,6 +172,7 @@ function render({ model, el }) {
     card: [["card"], drawCard],
     sim: [["sim", "sim_spec"], drawSim],
     prompt: [["prompt"], drawPrompt],
+    clamp: [["clamp_range", "clamp_view", "layer", "neuron"], drawClamp],
   };
   const LIVE = new Set(["patches", "tokens", "card", "sim", "prompt"]);
   const schedule = panelScheduler(model, PANELS, LIVE, () => !stale(), drawStatus);
@@ -178,6 +184,7 @@ function render({ model, el }) {
     sendSearch.cancel();
     for (const c of cleanups) c();
     sim.destroy();
+    clampView.destroy();
     urls.revoke();
     for (const u of thumbUrls) URL.revokeObjectURL(u);
     for (const u of cardUrls.values()) URL.revokeObjectURL(u);

@@ -43,7 +43,8 @@ export function explorerLayout(node, isStatic) {
   const patchEl = h("div", "nw-ex-patches");
   const tokenEl = h("div", "nw-ex-tokens");
   const simEl = h("div", "nw-ex-sim");
-  left.append(patchEl, tokenEl, simEl);
+  const clampEl = h("div", "nw-ex-clamp"); // issue 25: the clamp slider and its before/after
+  left.append(patchEl, tokenEl, simEl, clampEl);
   const cardEl = h("div", "nw-ex-card");
   main.append(left, cardEl);
   node.append(pickBar, matches, inputBox, main);
@@ -51,5 +52,5 @@ export function explorerLayout(node, isStatic) {
     upload.disabled = true;
     node.classList.add("nw-static");
   }
-  return { layerSel, neuronIn, catSel, search, matches, thumbs, upload, prompt, suggestions, status, patchEl, tokenEl, simEl, cardEl };
+  return { layerSel, neuronIn, catSel, search, matches, thumbs, upload, prompt, suggestions, status, patchEl, tokenEl, simEl, cardEl, clampEl };
 }

@@ -10,7 +10,9 @@ const LOGIT_KIND_TITLES = {
 };
 
 function logitNumber(v) {
-  return Number.isFinite(v) ? (v >= 0 ? "+" : "") + v.toFixed(2) : "n/a";
+  if (!Number.isFinite(v)) return "n/a";
+  const text = Math.abs(v) >= 100 ? v.toFixed(0) : String(Number(v.toPrecision(3)));
+  return (v >= 0 ? "+" : "") + text;
 }
 
 function logitColumn(title, items, cls) {
@@ -35,11 +37,18 @@ export function renderLogitLists(lists, kinds) {
   if (!names.length) return null;
   const block = h("div", "nw-logits");
   for (const kind of names) {
-    block.appendChild(h("div", "nw-section", `LM-head decoding: ${LOGIT_KIND_TITLES[kind] || kind}`));
     const row = h("div", "nw-logit-row");
     row.appendChild(logitColumn("promoted", lists[kind].promoted, "nw-logit-pos"));
     row.appendChild(logitColumn("suppressed", lists[kind].suppressed, "nw-logit-neg"));
-    block.appendChild(row);
+    const title = `LM-head decoding: ${LOGIT_KIND_TITLES[kind] || kind}`;
+    if (kind === "writes") {
+      block.append(h("div", "nw-section", title), row);
+    } else {
+      // what a neuron reads is shown folded: the card stays short
+      const fold = h("details", "nw-logit-fold");
+      fold.append(h("summary", "nw-section", title), row);
+      block.appendChild(fold);
+    }
   }
   return block;
 }

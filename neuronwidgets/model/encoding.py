@@ -3,23 +3,43 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
 from neuronwidgets.checks import whole_number
+from neuronwidgets.constants import PROMPT_TEMPLATE
+from neuronwidgets.model.adapters.layout import MAIN_VIEW, ImageLayout
 from neuronwidgets.model.inputs import load_image
 
 
 @dataclass
 class Encoded:
-    """One input ready for the model: token ids (image tokens expanded) and pixels."""
+    """One input ready for the model: token ids (image tokens expanded) and pixels.
+
+    LLaVA-1.5: pixel_values [3, H, W]. The other families: `vision` holds the input's processor
+    outputs as the processor shapes them for one input (pixel_values, image_grid_thw, image_sizes,
+    pixel_attention_mask, ...; pixel_values is the same tensor), `token_types` its per-token
+    outputs (mm_token_type_ids, token_type_ids; 0 on the continuation).
+    """
 
     input_ids: list[int]
-    pixel_values: torch.Tensor  # [3, H, W]
+    pixel_values: torch.Tensor | None  # LLaVA-1.5: [3, H, W]; else vision["pixel_values"]
     n_prompt: int  # tokens before the continuation
+    vision: dict[str, torch.Tensor] = field(default_factory=dict)
+    token_types: dict[str, list[int]] = field(default_factory=dict)
+    n_images: int = 1
+
+
+def image_list(image) -> list[Image.Image]:
+    """The images of one input: one image, or a list / tuple of them (several images in one prompt)."""
+    items = list(image) if isinstance(image, (list, tuple)) else [image]
+    if not items:
+        raise ValueError("an input needs at least one image")
+    return [load_image(im) for im in items]
 
 
 class Encoder:
@@ -34,16 +54,22 @@ class Encoder:
     def tokenizer(self):
         return self.processor.tokenizer
 
-    def check_prompt(self, prompt: str) -> str:
+    def check_prompt(self, prompt: str, n_images: int = 1) -> str:
+        """The prompt the model reads: `prompt` in the adapter's format (`adapter.adapt_prompt`: LLaVA-1.5's template around
+        a question becomes the model's own), if it holds the image placeholder once per image; else a ValueError showing a good prompt."""
         placeholder = self.adapter.image_placeholder
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        prompt = self.adapter.adapt_prompt(prompt)
         count = prompt.count(placeholder)
-        if count != 1:
+        if count != n_images:
             what = "does not contain" if count == 0 else f"contains {count} times"
+            times = "exactly once" if n_images == 1 else f"once per image ({n_images} times)"
+            template = self.adapter.prompt_template
+            rewritten = "" if template == PROMPT_TEMPLATE else f" (or LLaVA-1.5's {PROMPT_TEMPLATE!r}, which is rewritten to it)"
             raise ValueError(
-                f"the prompt {what} the image placeholder {placeholder!r}; it must appear exactly once. "
-                f"Expected a prompt like {self.adapter.prompt_template.format(question='What is in the image?')!r}"
+                f"the prompt {what} the image placeholder {placeholder!r}; it must appear {times}. "
+                f"Expected a prompt like {template.format(question='What is in the image?')!r}{rewritten}"
             )
         return prompt
 
@@ -53,8 +79,11 @@ class Encoder:
         continuations = [None] * len(images) if continuations is None else list(continuations)
         if not len(images) == len(prompts) == len(continuations):
             raise ValueError(f"got {len(images)} images, {len(prompts)} prompts and {len(continuations)} continuations")
-        for prompt in prompts:
-            self.check_prompt(prompt)
+        if not self.adapter.fixed_grid:
+            return self._encode_each(images, prompts, continuations)
+        prompts = [self.check_prompt(prompt) for prompt in prompts]
+        if any(isinstance(im, (list, tuple)) for im in images):
+            raise ValueError(f"{self.adapter.family} reads one image per prompt; got a list of images for one input")
         pils = [load_image(im) for im in images]
         if not pils:
             return []
@@ -74,6 +103,26 @@ class Encoder:
             out.append(Encoded(ids, enc["pixel_values"][i], n_prompt))
         return out
 
+    def _encode_each(self, images: Sequence, prompts: Sequence[str], continuations: Sequence) -> list[Encoded]:
+        """A family whose inputs differ in shape: one processor call per input (its pixels as the processor shapes them)."""
+        out = []
+        for image, prompt, c in zip(images, prompts, continuations):
+            pils = image_list(image)
+            prompt = self.check_prompt(prompt, len(pils))
+            ids, vision, token_types = self.adapter.encode_one(pils, prompt)
+            n_prompt = len(ids)
+            if c is not None:
+                said = self.tokenizer(" " + c.strip(), add_special_tokens=False)["input_ids"] if isinstance(c, str) and c.strip() else []
+                more = self.checked_continuation(said if isinstance(c, str) else c)
+                ids = ids + more
+                token_types = {k: v + [0] * len(more) for k, v in token_types.items()}
+            out.append(Encoded(ids, vision.get("pixel_values"), n_prompt, vision, token_types, len(pils)))
+        return out
+
+    def layout(self, enc: Encoded) -> ImageLayout:
+        """Where `enc`'s image tokens are: image, view, row and col of each (see ImageLayout)."""
+        return self.adapter.layout(enc.input_ids, enc.vision)
+
     def checked_continuation(self, ids) -> list[int]:
         """Continuation token ids, checked: in the model's vocabulary, and no image token (its image is the prompt's)."""
         ids = [whole_number(t, "a continuation token id") for t in ids]
@@ -86,17 +135,28 @@ class Encoder:
                              "once; the continuation is text the model reads after it")
         return ids
 
-    def token_table(self, enc: Encoded) -> pd.DataFrame:
-        """One row per position: position, token_id, token, modality, part, row, col."""
+    def token_table(self, enc: Encoded, layout: ImageLayout | None = None) -> pd.DataFrame:
+        """One row per position: position, token_id, token, modality, part, row, col, image, view, view_row, view_col.
+
+        row, col: the token's place in its image's main grid ("grid" view; -1 for text and for image
+        tokens of other views: a base or global overview, crops, newlines); image: which of the
+        prompt's images (-1 for text); view, view_row, view_col: its view and place there.
+        """
         ids = np.asarray(enc.input_ids)
-        is_image = ids == self.adapter.image_token_id
-        rows, cols = self.adapter.grid
-        n_image = int(is_image.sum())
-        if n_image != rows * cols:
-            raise ValueError(f"expected {rows * cols} image tokens for a {rows}x{cols} grid, found {n_image}")
-        order = np.cumsum(is_image) - 1
-        positions = np.arange(len(ids))
+        layout = self.layout(enc) if layout is None else layout
+        n = len(ids)
+        is_image = np.zeros(n, bool)
+        is_image[layout.positions] = True
+        held = int((ids == self.adapter.image_token_id).sum())
+        if held != len(layout.positions):
+            raise ValueError(f"the layout places {len(layout.positions)} image tokens, the input holds {held}")
+        positions = np.arange(n)
         part = np.where(is_image, "image", np.where(positions < enc.n_prompt, "prompt", "continuation"))
+        image, view = np.full(n, -1), np.full(n, "", dtype=object)
+        view_row, view_col = np.full(n, -1), np.full(n, -1)
+        image[layout.positions], view[layout.positions] = layout.image, layout.view
+        view_row[layout.positions], view_col[layout.positions] = layout.row, layout.col
+        main = view == MAIN_VIEW
         return pd.DataFrame(
             {
                 "position": positions,
@@ -104,8 +164,12 @@ class Encoder:
                 "token": token_texts(self.tokenizer, ids),
                 "modality": np.where(is_image, "image", "text"),
                 "part": part,
-                "row": np.where(is_image, order // cols, -1),
-                "col": np.where(is_image, order % cols, -1),
+                "row": np.where(main, view_row, -1),
+                "col": np.where(main, view_col, -1),
+                "image": image,
+                "view": view,
+                "view_row": view_row,
+                "view_col": view_col,
             }
         )
 

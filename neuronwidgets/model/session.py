@@ -13,9 +13,10 @@ import torch
 from neuronwidgets.checks import whole_number
 from neuronwidgets.model.adapters import adapter_for
 from neuronwidgets.model.adapters.base import check_site
-from neuronwidgets.model.encoding import Encoded, Encoder
+from neuronwidgets.model.adapters.layout import ImageLayout
+from neuronwidgets.model.encoding import Encoded, Encoder, image_list
 from neuronwidgets.model.inputs import ImageLike, load_image
-from neuronwidgets.model.loading import HUB_KWARGS, looks_like_path, model_source
+from neuronwidgets.model.loading import HUB_KWARGS, load_model, load_processor, looks_like_path, model_source
 from neuronwidgets.model.trace import Trace
 
 if TYPE_CHECKING:
@@ -49,8 +50,6 @@ class Session:
         Nothing is downloaded unless `download=True` (LLaVA-1.5-7B is 14 GB): a hub id must
         already be in the Hugging Face cache.
         """
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
-
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype is None:
             dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
@@ -63,8 +62,8 @@ class Session:
         # read first, so a checkpoint that is not there fails before gigabytes of weights are read.
         hub = {k: v for k, v in kwargs.items() if k in HUB_KWARGS}
         try:
-            processor = AutoProcessor.from_pretrained(source, **hub)
-            model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
+            processor = load_processor(source, **hub)
+            model = load_model(source, dtype=dtype, **kwargs)
         except OSError as err:
             if not kwargs["local_files_only"] or Path(source).exists():
                 raise
@@ -134,9 +133,13 @@ class Session:
         return self.adapter.n_neurons
 
     @property
-    def grid(self) -> tuple[int, int]:
-        """(rows, cols) of the image's patch grid."""
-        return self.adapter.grid
+    def grid(self) -> tuple[int, int] | None:
+        """(rows, cols) of the image's patch grid; None for a family whose grid varies per input (see `image_layout`)."""
+        return self.adapter.grid if self.adapter.fixed_grid else None
+
+    def image_layout(self, enc: Encoded) -> ImageLayout:
+        """Where an encoded input's image tokens are: image, view, row and col of each (its grids: `.grids`)."""
+        return self.encoder.layout(enc)
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -147,13 +150,14 @@ class Session:
         return (
             f"<Session {self.name!r} on {self.device} ({str(self.dtype).replace('torch.', '')}): "
             f"{self.n_layers} layers x {self.n_neurons} neurons at site {self.site!r}, "
-            f"{self.grid[0]}x{self.grid[1]} patches>"
+            f"{f'{self.grid[0]}x{self.grid[1]} patches' if self.grid else 'a patch grid per input'}>"
         )
 
     # --- inputs ----------------------------------------------------------------
-    def check_prompt(self, prompt: str) -> str:
-        """`prompt` if it holds the image placeholder exactly once; else a ValueError showing a good prompt."""
-        return self.encoder.check_prompt(prompt)
+    def check_prompt(self, prompt: str, n_images: int = 1) -> str:
+        """The prompt the model reads (a LLaVA-1.5 prompt in the model's own format, see `ModelAdapter.adapt_prompt`), if it
+        holds the image placeholder once per image; else a ValueError showing a good prompt."""
+        return self.encoder.check_prompt(prompt, n_images)
 
     def encode(self, image: ImageLike, prompt: str, continuation: str | Sequence[int] | None = None) -> Encoded:
         """Token ids with the image placeholder expanded, and the image's pixel values."""
@@ -164,9 +168,9 @@ class Session:
         """`encode` for several inputs in one processor call (see `Encoder.encode_batch`)."""
         return self.encoder.encode_batch(images, prompts, continuations)
 
-    def token_table(self, enc: Encoded) -> pd.DataFrame:
-        """One row per position: position, token_id, token, modality, part, row, col."""
-        return self.encoder.token_table(enc)
+    def token_table(self, enc: Encoded, layout: ImageLayout | None = None) -> pd.DataFrame:
+        """One row per position: position, token_id, token, modality, part, row, col, image, view, view_row, view_col."""
+        return self.encoder.token_table(enc, layout)
 
     def check_layers(self, layers: Sequence[int] | int | None) -> list[int]:
         """Layer numbers as a sorted list without repeats (None: all; negative: from the last); a clear error when out of range."""
@@ -208,10 +212,10 @@ class Session:
         for i, e in enumerate(batch):
             input_ids[i, : lengths[i]] = torch.tensor(e.input_ids)
             mask[i, : lengths[i]] = 1
-        pixels = torch.stack([e.pixel_values for e in batch]).to(self.device, self.dtype)
+        inputs = self.adapter.model_inputs(batch, width, self.dtype, self.device)  # the pixels, and what else the family reads
         with self.adapter.record(layers, site, on_activation) as store:
-            self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), pixel_values=pixels, use_cache=False,
-                       logits_to_keep=1)
+            self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False, logits_to_keep=1,
+                       **inputs)
         return store, lengths
 
     def trace(self, image: ImageLike, prompt: str, layers: Sequence[int] | None = None, continuation: str | Sequence[int] | None = None,
@@ -232,22 +236,27 @@ class Session:
         continuations = continuations or [None] * len(images)
         layers = self.check_layers(layers)
         site = check_site(site or self.site)
-        pils = [load_image(im) for im in images]
+        pils = [image_list(im) if isinstance(im, (list, tuple)) else load_image(im) for im in images]
         encoded = self.encode_batch(pils, prompts, continuations)
         store, lengths = self.forward_record(encoded, layers, site)
         # One host copy for all recorded layers: [layers, B, T, N].
         stacked = torch.stack([store[layer] for layer in layers]).float().cpu().numpy()
         traces = []
         for i, enc in enumerate(encoded):
+            layout = self.encoder.layout(enc)
+            several = isinstance(pils[i], list)  # several images in one prompt
             traces.append(
                 Trace(
-                    tokens=self.token_table(enc),
+                    tokens=self.token_table(enc, layout),
                     layers=list(layers),
                     site=site,
-                    grid=self.grid,
+                    grid=self.grid if self.adapter.fixed_grid else layout.grids[0],
                     n_neurons=self.n_neurons,
-                    image=pils[i],
-                    prompt=prompts[i],
+                    image=pils[i][0] if several else pils[i],
+                    images=pils[i] if several else None,
+                    grids=None if self.adapter.fixed_grid else layout.grids,
+                    crop=self.adapter.crop,
+                    prompt=self.adapter.adapt_prompt(prompts[i]),  # the prompt the model read
                     continuation=continuations[i] if isinstance(continuations[i], str) else None,
                     model_name=self.name,
                     _acts=np.ascontiguousarray(stacked[:, i, : lengths[i]]),
@@ -257,23 +266,48 @@ class Session:
 
     # --- generation ----------------------------------------------------------------
     @torch.inference_mode()
-    def generate_ids(self, images: Sequence[ImageLike], prompts: Sequence[str], max_new_tokens: int = 48) -> list[list[int]]:
-        """Greedy answers as token ids (no end-of-sequence, no padding), batched with left padding."""
+    def generate_ids(self, images: Sequence[ImageLike], prompts: Sequence[str], max_new_tokens: int = 48, *,
+                     clamp: dict | None = None, ablate: Iterable | None = None, means: dict | None = None,
+                     site: str | None = None) -> list[list[int]]:
+        """Greedy answers as token ids (no end-of-sequence, no padding), batched with left padding.
+
+        `clamp` / `ablate` / `means` / `site`: neurons set while generating (see `clamped`).
+        """
+        with self.clamped(clamp, ablate=ablate, means=means, site=site):
+            return self._generate_ids(images, prompts, max_new_tokens)
+
+    # --- interventions (neuronwidgets.model.intervene) ------------------------------------------
+    def clamped(self, clamp: dict | None = None, *, ablate: Iterable | None = None, means: dict | None = None,
+                site: str | None = None):
+        """A context in which neurons are set at every position: `clamp` {(layer, neuron): value}, `ablate` [(layer, neuron)].
+
+        Ablated neurons read 0, or their mean where `means` {(layer, neuron): mean} gives one;
+        `site` defaults to the session's. Hooks are removed in a `finally` when the block ends.
+        """
+        from neuronwidgets.model.intervene import ablation_spec
+        from neuronwidgets.model.intervene import clamp as clamp_context
+
+        spec = ablation_spec(clamp, ablate, means)
+        return clamp_context(self.adapter.decoder_layers(), spec, site=check_site(site or self.site), means=means)
+
+    def _generate_ids(self, images: Sequence[ImageLike], prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]:
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
         if not len(images):
             return []
-        for p in prompts:
-            self.check_prompt(p)
+        prompts = [self.check_prompt(p) for p in prompts]  # the datasets' LLaVA-1.5 prompts in the model's format
         pils = [load_image(im) for im in images]
         tok = self.tokenizer
         side = tok.padding_side
         tok.padding_side = "left"
         try:
-            enc = self.processor(images=pils, text=list(prompts), return_tensors="pt", padding=True)
+            nested = getattr(self.adapter, "nested_images", False)  # the families' processors take a list of images per prompt
+            enc = self.processor(images=[[im] for im in pils] if nested else pils, text=list(prompts), return_tensors="pt", padding=True,
+                                 **getattr(self.adapter, "processor_kwargs", {}))
         finally:
             tok.padding_side = side
-        enc = {k: v.to(self.device) for k, v in enc.items()}
+        accepted = getattr(self.adapter, "accepted_inputs", None)  # a family: what its model's forward takes
+        enc = {k: v.to(self.device) for k, v in enc.items() if isinstance(v, torch.Tensor) and (accepted is None or k in accepted)}
         enc["pixel_values"] = enc["pixel_values"].to(self.dtype)
         out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
         new = out[:, enc["input_ids"].shape[1] :].tolist()
@@ -284,9 +318,14 @@ class Session:
             answers.append(seq[:cut])
         return answers
 
-    def generate(self, image: ImageLike, prompt: str, max_new_tokens: int = 48) -> str:
-        """The model's greedy answer to `prompt` about `image`: the answer text only."""
-        ids = self.generate_ids([image], [prompt], max_new_tokens=max_new_tokens)[0]
+    def generate(self, image: ImageLike, prompt: str, max_new_tokens: int = 48, *, clamp: dict | None = None,
+                 ablate: Iterable | None = None, means: dict | None = None, site: str | None = None) -> str:
+        """The model's greedy answer to `prompt` about `image`: the answer text only.
+
+        `clamp={(layer, neuron): value}` / `ablate=[(layer, neuron)]` set neurons while it generates (see `clamped`).
+        """
+        ids = self.generate_ids([image], [prompt], max_new_tokens=max_new_tokens, clamp=clamp, ablate=ablate,
+                                means=means, site=site)[0]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     def describe(self, image: ImageLike, max_new_tokens: int = 48) -> str:

@@ -18,6 +18,9 @@ from neuronwidgets.reduce.topk import (
     top_order,
 )
 
+#: On a CPU, the most bytes of float32 rows the moments and the histogram read at a time (each temporary is this large).
+STATS_CHUNK_BYTES = 64 << 20
+
 
 def neuron_axis(name: str) -> int | None:
     """The axis of a state array that runs over neurons (None for the per-batch counts)."""
@@ -154,15 +157,18 @@ class LayerState(SparseFold, DenseFold):
         return lambda value: txt.masked_fill_(padding, value)
 
     def update(self, acts: torch.Tensor, image_pos: torch.Tensor, text_pos: torch.Tensor, text_valid: torch.Tensor,
-               samples: torch.Tensor, random_slots: list[tuple[int, int]]) -> None:
+               samples: torch.Tensor, random_slots: list[tuple[int, int]], image_valid: torch.Tensor | None = None) -> None:
         """Fold a batch in. acts [B, T, N]; image_pos [B, P]; text_pos/text_valid [B, Tm]; samples [B].
+
+        image_valid [B, P]: which image positions are real, where samples have fewer image tokens
+        than P (a grid that varies per input); None: all are.
 
         Top-k records live in unordered slots during collection: a batch writes only the
         (neuron, slot) pairs it takes over, so the cost after warm-up is a few gathers, not a
         rewrite of every neuron's maps. Saving sorts them into the canonical order.
         """
         text_pos, text_valid = trim_text(text_pos, text_valid)
-        self.update_tokens(*self.gather(acts, image_pos, text_pos), text_valid, samples, random_slots)
+        self.update_tokens(*self.gather(acts, image_pos, text_pos), text_valid, samples, random_slots, image_valid)
 
     def gather(self, acts: torch.Tensor, image_pos: torch.Tensor, text_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's patch and text tokens of acts [B, T, N] as [B, P, N] and [B, w, N] (text already trimmed).
@@ -177,23 +183,34 @@ class LayerState(SparseFold, DenseFold):
         return tuple(out)
 
     def update_tokens(self, img: torch.Tensor, txt: torch.Tensor, text_valid: torch.Tensor, samples: torch.Tensor,
-                      random_slots: list[tuple[int, int]]) -> None:
-        """Fold a batch in from its gathered tokens: img [B, P, N] and txt [B, w, N] (float32; txt is overwritten)."""
+                      random_slots: list[tuple[int, int]], image_valid: torch.Tensor | None = None) -> None:
+        """Fold a batch in from its gathered tokens: img [B, P, N] and txt [B, w, N] (float32; txt is overwritten,
+        and img too where image_valid [B, P] marks padding)."""
         t = self._t
         B, n, width = img.shape[0], self.n, txt.shape[1]
         fill_padding = self._padding_filler(txt, text_valid)
         n_text = text_valid.sum()  # a tensor: no device sync
-        for m, flat, n_tokens in (("image", img.view(-1, n), B * self.P), ("text", self._text_rows(txt, fill_padding, text_valid), n_text)):
+        if image_valid is None:  # every sample has P image tokens
+            fill_image_padding, image_rows, n_image = None, img.view(-1, n), B * self.P
+        else:
+            fill_image_padding = self._padding_filler(img, image_valid)
+            image_rows, n_image = self._text_rows(img, fill_image_padding, image_valid, "img_valid"), image_valid.sum()
+        for m, flat, n_tokens in (("image", image_rows, n_image), ("text", self._text_rows(txt, fill_padding, text_valid), n_text)):
             t[f"{m}_count"] += n_tokens
             if flat.numel() == 0:
                 continue
-            total, squares = self._moments(flat)
-            t[f"{m}_sum"] += total.double()
-            t[f"{m}_sumsq"] += squares.double()
-            t[f"{m}_hist"] += bin_counts(flat, self.scratch)
+            for rows in self._row_chunks(flat):  # the moments' and histogram's temporaries: a chunk of rows at a time
+                total, squares = self._moments(rows)
+                t[f"{m}_sum"] += total.double()
+                t[f"{m}_sumsq"] += squares.double()
+                t[f"{m}_hist"] += bin_counts(rows, self.scratch)
         if width and not self.sparse:
             t["text_hist"][:, ZERO_BIN] -= B * width - n_text  # the padding's zeros (see _text_rows)
         fill_padding(-torch.inf)  # from here on padding never wins a max, a top-k or a code
+        if fill_image_padding is not None:
+            if not self.sparse:
+                t["image_hist"][:, ZERO_BIN] -= B * self.P - n_image
+            fill_image_padding(-torch.inf)
         # Each sample's largest activation per neuron [B, N], by modality and overall: what the
         # maxima, the top samples and the token pre-selection read.
         img_max = img.amax(1).float()
@@ -217,7 +234,7 @@ class LayerState(SparseFold, DenseFold):
             text_codes = quantize(txt[b].T, scale, self.bits)  # [N, width]: padding is -inf, code 0
             t["random_text_codes"][slot] = self.store(torch.nn.functional.pad(text_codes, (0, self.Tm - width)))
 
-    def _text_rows(self, txt: torch.Tensor, fill_padding, text_valid: torch.Tensor) -> torch.Tensor:
+    def _text_rows(self, txt: torch.Tensor, fill_padding, text_valid: torch.Tensor, scratch: str = "txt_valid") -> torch.Tensor:
         """The rows [tokens, n] of txt [B, w, n] that the text statistics read.
 
         On a CPU a copy of the valid tokens alone (padding is often a third of the text);
@@ -229,7 +246,16 @@ class LayerState(SparseFold, DenseFold):
             fill_padding(0.0)
             return rows
         valid = text_valid.reshape(-1).nonzero().view(-1)
-        return torch.index_select(rows, 0, valid, out=self.scratch("txt_valid", (valid.numel(), self.n), rows.dtype, rows.device))
+        return torch.index_select(rows, 0, valid, out=self.scratch(scratch, (valid.numel(), self.n), rows.dtype, rows.device))
+
+    def _row_chunks(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """flat [tokens, n] in chunks of rows of at most STATS_CHUNK_BYTES (float32) on a CPU, where each of the
+        four temporaries of the moments and the histogram would otherwise be as large as the batch (400 MB
+        each at LLaVA's shape); whole on a GPU, whose allocator frees them at once."""
+        if not self.sparse:
+            return [flat]
+        step = max(1, STATS_CHUNK_BYTES // max(4 * flat.shape[1], 1))
+        return list(flat.split(step)) if flat.shape[0] > step else [flat]
 
     def _moments(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per neuron, the sum and the sum of squares of flat [tokens, n], as float32 partial sums (accumulated in float64).
@@ -277,9 +303,17 @@ class LayerState(SparseFold, DenseFold):
         [c, P] and [c, w] codes (text cut to the batch's width), packed to half that when 4-bit.
         """
         scale = value[:, None]  # the sample's maximum (quantize reads relu)
-        image_codes = quantize(img[b, :, n], scale, self.bits)
-        text_codes = quantize(txt[b, :, n], scale, self.bits)  # text padding is -inf: code 0
-        return self.store(image_codes), self.store(text_codes)
+        step = max(1, STATS_CHUNK_BYTES // (4 * max(self.P, 1))) if self.sparse else b.numel()
+        if b.numel() <= step:
+            image_codes = quantize(img[b, :, n], scale, self.bits)
+            text_codes = quantize(txt[b, :, n], scale, self.bits)  # text padding is -inf: code 0
+            return self.store(image_codes), self.store(text_codes)
+        # on a CPU a chunk of samples at a time: early on every (sample, neuron) pair enters, and their float
+        # maps would take as much memory as the batch (400 MB at LLaVA's shape, twice over in quantize)
+        parts = [(self.store(quantize(img[b[i : i + step], :, n[i : i + step]], scale[i : i + step], self.bits)),
+                  self.store(quantize(txt[b[i : i + step], :, n[i : i + step]], scale[i : i + step], self.bits)))
+                 for i in range(0, b.numel(), step)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _take_slots(self, rows, new_v, new_s):
         """Which kept top slots the candidates [M, c] of `rows` (None: all) take over.

@@ -8,10 +8,9 @@ import torch
 
 from neuronwidgets.constants import MODALITIES
 from neuronwidgets.reduce.codes import (
-    code_histogram,
     codes_from_histogram,
-    map_codes,
     store_codes,
+    stored_code_histogram,
 )
 from neuronwidgets.reduce.state import LayerState
 
@@ -25,14 +24,14 @@ def state_to_arrays(state: LayerState, random_slots: list[int],
                     map_k: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(arrays for the layer file, per-neuron stats columns), compact dtypes, random in canonical order.
 
-    Maps are written for the best `map_k` top samples (default: all); the others keep only the
-    histogram of their map codes, which is all the paper rule reads: ~45 bytes instead of ~320.
+    Maps are written for the best `map_k` top samples (default: all); every top sample keeps the
+    histogram of its map codes, which is all the paper rule reads (~45 bytes; a map is ~320): the
+    categories never read a map.
     """
     map_k = state.top_k if map_k is None else min(int(map_k), state.top_k)
-    levels = (1 << state.bits) - 1
     top = state.canonical_top()
     for mod, width in (("image", state.P), ("text", state.Tm)):
-        top[f"top_{mod}_hist"] = code_histogram(state.unstore(top[f"top_{mod}_codes"][:, map_k:], width), levels)
+        top[f"top_{mod}_hist"] = stored_code_histogram(top[f"top_{mod}_codes"], width, state.bits)
         top[f"top_{mod}_codes"] = top[f"top_{mod}_codes"][:, :map_k]
     a = {k: v.detach().cpu().numpy() for k, v in {**state.t, **top}.items()}
     out: dict[str, np.ndarray] = {}
@@ -62,12 +61,21 @@ def state_to_arrays(state: LayerState, random_slots: list[int],
 
 
 def top_code_histograms(arrays: dict[str, np.ndarray], manifest: dict, modality: str) -> np.ndarray:
-    """[neurons, top_k, levels]: every top sample's histogram of its map codes 1..levels."""
-    bits = manifest["map_bits"]
+    """[neurons, top_k, levels]: every top sample's histogram of its map codes 1..levels (int32)."""
+    hist = arrays[f"top_{modality}_hist"]
+    if hist.shape[1] == manifest["top_k"]:  # one per top sample, as written since format 5
+        return hist.astype(np.int32)
     width = manifest["n_patches"] if modality == "image" else manifest["max_text_tokens"]
-    codes = map_codes(arrays[f"top_{modality}_codes"], width, bits)
-    kept = code_histogram(torch.from_numpy(np.ascontiguousarray(codes)), (1 << bits) - 1).to(torch.int32).numpy()
-    return np.concatenate([kept, arrays[f"top_{modality}_hist"].astype(np.int32)], axis=1)
+    codes = torch.from_numpy(np.ascontiguousarray(arrays[f"top_{modality}_codes"]))
+    kept = stored_code_histogram(codes, width, manifest["map_bits"]).to(torch.int32).numpy()
+    return np.concatenate([kept, hist.astype(np.int32)], axis=1)  # (format 4: histograms past map_k only)
+
+
+def past_map_histograms(arrays: dict[str, np.ndarray], manifest: dict, modality: str) -> np.ndarray:
+    """[neurons, top_k - map_k, levels]: the code histograms of the top samples whose maps were not kept."""
+    hist = arrays[f"top_{modality}_hist"]
+    kept = arrays[f"top_{modality}_codes"].shape[1]
+    return hist[:, kept:] if hist.shape[1] == manifest["top_k"] else hist
 
 
 def arrays_to_state(arrays: dict[str, np.ndarray], stats: pd.DataFrame, m: dict, device="cpu") -> LayerState:
@@ -91,7 +99,7 @@ def arrays_to_state(arrays: dict[str, np.ndarray], stats: pd.DataFrame, m: dict,
     # Samples past map_k kept only their code histograms; a stand-in map with the same histogram
     # is enough, since such a sample can only fall further (it is never shown, only counted).
     for mod, width in (("image", P), ("text", Tm)):
-        stand_in = codes_from_histogram(torch.from_numpy(arrays[f"top_{mod}_hist"].astype(np.int64)), width).numpy()
+        stand_in = codes_from_histogram(torch.from_numpy(past_map_histograms(arrays, m, mod).astype(np.int64)), width).numpy()
         # the state keeps maps as files do
         t[f"top_{mod}_codes"] = np.concatenate([arrays[f"top_{mod}_codes"], store_codes(stand_in, bits)], axis=1)
     n = t["top_value"].shape[0]

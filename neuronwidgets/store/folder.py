@@ -73,9 +73,14 @@ def set_aside_explanations(path: Path) -> None:
 
 
 
+#: What a folder without a manifest may hold before an index is written into it: a torchrun job's shards/, and a
+#: neuron decoding (it depends on the model alone, so it may be made before the collection; the write leaves it).
+INDEX_COMPANIONS = ("shards", "decoding.parquet")
+
+
 def holds_other_files(path: Path) -> bool:
-    """Whether a folder without a manifest holds anything an index may not replace (a torchrun job's shards/ is its own)."""
-    return Path(path).is_dir() and any(p.name != "shards" for p in Path(path).iterdir())
+    """Whether a folder without a manifest holds anything an index may not replace (see INDEX_COMPANIONS)."""
+    return Path(path).is_dir() and any(p.name not in INDEX_COMPANIONS for p in Path(path).iterdir())
 
 
 

@@ -25,6 +25,7 @@ from neuronwidgets.store.layout import (
 from neuronwidgets.store.reading import (
     checked_table,
     read_layer,
+    read_layer_arrays,
     read_manifest,
     read_table,
 )
@@ -54,6 +55,7 @@ class NeuronIndex:
         self.samples = samples
         self._stats = stats
         self._arrays: dict[int, dict[str, np.ndarray]] = dict(arrays or {})
+        self._category_cache: dict[tuple, pd.DataFrame] = {}  # categories() per rule and parameters
         self._dataset = None
         if dataset is not None:
             self.attach(dataset)  # checked by fingerprint, as attach() does
@@ -90,11 +92,19 @@ class NeuronIndex:
             self._arrays[layer] = read_layer(self.path, layer, self.manifest)
         return self._arrays[layer]
 
+    def layer_arrays(self, layer: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Some of a layer's arrays by name: from memory when the layer was read, else only those from its file (not kept)."""
+        self._check_layer(layer)
+        if layer in self._arrays or self.path is None:
+            arrays = self._layer(layer)
+            return {name: arrays[name] for name in names}
+        return read_layer_arrays(self.path, layer, names, self.manifest)
+
     def top_code_histograms(self, layer: int, modality: str = "image") -> np.ndarray:
         """[neurons, top_k, levels]: each top sample's count of patches (or text tokens) per map code 1..levels.
 
         The categories read these, not the maps, so they cover all top_k samples whether or
-        not their maps were kept. Computed on each call (int32), not cached.
+        not their maps were kept (int32, a new array on each call).
         """
         check_modality(modality)
         return top_code_histograms(self._layer(layer), self.manifest, modality)
@@ -112,8 +122,28 @@ class NeuronIndex:
 
     @property
     def grid(self) -> tuple[int, int]:
-        """(rows, cols) of the image's patch grid."""
+        """(rows, cols) of the image's patch grid (an error where it varies per sample: see `grid_of`)."""
+        if self.manifest.get("grid") is None:
+            raise ValueError(f"the patch grid of {self.model!r} varies per sample: read one sample's with index.grid_of(sample)")
         return tuple(self.manifest["grid"])
+
+    @property
+    def fixed_grid(self) -> bool:
+        """One patch grid for every sample (LLaVA-1.5); False where each sample has its own (`grid_of`)."""
+        return self.manifest.get("grid") is not None
+
+    def grid_of(self, sample: int) -> tuple[int, int]:
+        """(rows, cols) of sample `sample`'s patch grid: its first rows * cols stored patches, row-major."""
+        if self.fixed_grid:
+            return self.grid
+        grids = getattr(self, "_grid_cache", None)
+        if grids is None or grids[0] is not self.samples:
+            s = self.samples
+            table = {int(i): (int(r), int(c)) for i, r, c in zip(s["sample"], s["grid_rows"], s["grid_cols"])}
+            grids = self._grid_cache = (self.samples, table)
+        if int(sample) not in grids[1]:
+            raise KeyError(f"sample {sample} is not in this index")
+        return grids[1][int(sample)]
 
     @property
     def site(self) -> str:
@@ -209,7 +239,6 @@ class NeuronIndex:
         arrays = self._layer(layer)
         neuron = self._check_neuron(neuron)
         P, Tm, bits = self.manifest["n_patches"], self.manifest["max_text_tokens"], self.manifest["map_bits"]
-        rows, cols = self.grid
 
         def codes(name, width, *idx):
             return map_codes(arrays[name][idx], width, bits)
@@ -233,12 +262,13 @@ class NeuronIndex:
             scale = max(value, 0.0)
             tokens = self._text_of(sample)
             text = dequantize(get(i, txt_name, Tm), scale, bits)[: len(tokens)]
+            rows, cols = self.grid_of(sample)  # its first rows * cols stored patches are its grid
             out.append(
                 ActivationRecord(
                     sample=sample,
                     sample_id=self.sample_id(sample),
                     activation=value,
-                    patch_map=dequantize(get(i, img_name, P), scale, bits).reshape(rows, cols),
+                    patch_map=dequantize(get(i, img_name, P), scale, bits)[: rows * cols].reshape(rows, cols),
                     text_tokens=tokens[: len(text)],
                     text_activations=text,
                     kind=kind,
@@ -277,7 +307,6 @@ class NeuronIndex:
             raise ValueError(f"k is how many exemplars to return, so 0 or more (None for all); got {k}")
         arrays = self._layer(layer)
         neuron = self._check_neuron(neuron)
-        cols_ = self.grid[1]
         frames = []
         for m in MODALITIES if modality is None else (modality,):
             v = arrays[f"tok_{m}_value"][neuron]
@@ -285,8 +314,12 @@ class NeuronIndex:
             p = arrays[f"tok_{m}_pos"][neuron].astype(np.int64)
             keep = s >= 0
             v, s, p = v[keep], s[keep], p[keep]
-            if m == "image":
-                row, col, tok = p // cols_, p % cols_, [""] * len(p)
+            if m == "image":  # p: the patch's place in its sample's stored patches (its grid's first, row-major)
+                grids = np.array([self.grid_of(int(si)) for si in s], np.int64).reshape(-1, 2)
+                on_grid = p < grids[:, 0] * grids[:, 1]
+                row = np.where(on_grid, p // np.maximum(grids[:, 1], 1), -1)
+                col = np.where(on_grid, p % np.maximum(grids[:, 1], 1), -1)
+                tok = [""] * len(p)
             else:
                 row = col = np.full(len(p), -1)
                 tok = [(self._text_of(int(si)) + [""] * (int(pi) + 1))[int(pi)] for si, pi in zip(s, p)]
@@ -326,10 +359,10 @@ class NeuronIndex:
 
     # --- categories (see categorize.py) -------------------------------------------------
     def categories(self, rule: str = "paper", **params: Any) -> pd.DataFrame:
-        """One row per neuron with its category (see `neuronwidgets.categorize.categorize`)."""
-        from neuronwidgets.categorize import categorize
+        """One row per neuron with its category (see `neuronwidgets.categorize.categorize`); computed once per rule and parameters."""
+        from neuronwidgets.categorize import cached_categories
 
-        return categorize(self, rule=rule, **params)
+        return cached_categories(self, rule, **params)
 
     def category_summary(self, rule: str = "paper", **params: Any) -> pd.DataFrame:
         """Per layer: the number and share of neurons in each category."""

@@ -82,6 +82,29 @@ def read_layer(path: Path, layer: int, manifest: dict | None = None) -> dict[str
     return arrays
 
 
+def read_layer_arrays(path: Path, layer: int, names: Sequence[str], manifest: dict) -> dict[str, np.ndarray]:
+    """Some of one layer's arrays, by name (the rest stay on disk), each checked to hold the manifest's neurons."""
+    file = layer_file(Path(path), layer)
+    if not file.exists():
+        raise IndexFormatError(f"{str(file)!r} is missing from the index folder")
+    try:
+        with safe_open(str(file), "np") as f:
+            missing = sorted(set(names) - set(f.keys()))
+            if missing:
+                raise IndexFormatError(f"{str(file)!r} is corrupt: it lacks {', '.join(missing)}")
+            arrays = {name: f.get_tensor(name) for name in names}
+    except (SafetensorError, OSError, ValueError) as err:
+        if isinstance(err, IndexFormatError):
+            raise
+        raise IndexFormatError(f"{str(file)!r} is corrupt ({err})") from err
+    axis = {name: 1 if name.startswith("random_") else 0 for name in names}
+    for name, array in arrays.items():
+        if array.ndim <= axis[name] or array.shape[axis[name]] != manifest["n_neurons"]:
+            raise IndexFormatError(f"{str(file)!r} does not fit its manifest: {name} is {'x'.join(map(str, array.shape))}, "
+                                   f"for {manifest['n_neurons']} neurons (a layer file of another index?)")
+    return arrays
+
+
 def _check_layer_arrays(file: Path, layer: int, note: str | None, arrays: dict[str, np.ndarray], manifest: dict) -> None:
     """Refuse a layer file that parses but is not this index's layer (copied from another layer or index, or cut short)."""
     try:

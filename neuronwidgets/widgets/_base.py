@@ -143,7 +143,10 @@ def token_fields(trace) -> dict[str, Any]:
     tok = trace.tokens
     rows, cols = trace.grid
     is_image = (tok["modality"] == "image").to_numpy()
-    patch = np.where(is_image, tok["row"].to_numpy() * cols + tok["col"].to_numpy(), -1)
+    # the first image's grid patches row-major; its other image tokens (an overview, newlines) and other
+    # images' tokens rows * cols: in the chip, not in its grid
+    on_grid = is_image & (tok["row"].to_numpy() >= 0) & ((tok["image"].to_numpy() == 0) if "image" in tok else True)
+    patch = np.where(on_grid, tok["row"].to_numpy() * cols + tok["col"].to_numpy(), np.where(is_image, rows * cols, -1))
     texts = tok["token"].astype(str).tolist()
     image_token = next((t for t, m in zip(texts, is_image) if m), "<image>")
     return {

@@ -69,7 +69,8 @@ def exemplars_of(index, layer: int, neuron: int, k: int, dataset=None) -> list[d
         if data is not None:
             try:
                 sample = sample_of(data, rec)  # by id where the dataset is not the index's own (a superset)
-                image = png(sample.get_image() if hasattr(sample, "get_image") else sample.image, EXEMPLAR_IMAGE_SIDE)
+                image = png(sample.get_image() if hasattr(sample, "get_image") else sample.image, EXEMPLAR_IMAGE_SIDE,
+                            crop=getattr(index, "manifest", {}).get("crop", True))  # False: the grid covers the whole image
             except Exception:  # no image for this sample: the heatmap alone
                 image = b""
         patch_map = np.asarray(rec.patch_map, np.float32)
@@ -104,14 +105,39 @@ def histogram_of(index, layer: int, neuron: int) -> dict[str, Any]:
     return out
 
 
-def card_state(explanation, score=None, index=None, *, k: int = 4, dataset=None, layer=None, neuron=None) -> dict[str, Any]:
-    """Everything the card shows, as one dict (the explorer sends it as one trait)."""
+# --- LM-head decoding (issue 25) ----------------------------------------------------------------
+LOGIT_TOKENS = 10
+
+
+def resolve_decoding(decoding, index):
+    """The NeuronDecoding to show: the one given, or with "auto" the one saved in the index's folder (or None)."""
+    if isinstance(decoding, str) and decoding == "auto":
+        from neuronwidgets.decode import decoding_for
+
+        return decoding_for(index) if index is not None else None
+    return decoding
+
+
+def logits_of(decoding, layer: int, neuron: int, k: int = LOGIT_TOKENS) -> dict[str, Any]:
+    """{kind: {promoted: [...], suppressed: [...]}} for the card's logit lists; {} when the neuron is not decoded."""
+    if decoding is None:
+        return {}
+    try:
+        return decoding.token_lists(layer, neuron, k=k)
+    except KeyError:
+        return {}
+# --- end LM-head decoding ----------------------------------------------------------------------
+
+
+def card_state(explanation, score=None, index=None, *, k: int = 4, dataset=None, layer=None, neuron=None,
+               decoding=None) -> dict[str, Any]:
+    """Everything the card shows, as one dict (the explorer sends it as one trait); `decoding`: a NeuronDecoding or None."""
     header = header_of(explanation) if explanation is not None else {}
     if layer is not None:
         header.setdefault("layer", int(layer))
         header.setdefault("neuron", int(neuron))
     if "layer" not in header:
-        return {"header": {}, "score": {}, "exemplars": [], "hist": {}, "vmax": 1.0}
+        return {"header": {}, "score": {}, "exemplars": [], "hist": {}, "vmax": 1.0, "logits": {}}
     L, N = header["layer"], header["neuron"]
     vmax = neuron_max(index, L, N) or 1.0
     return {
@@ -120,6 +146,7 @@ def card_state(explanation, score=None, index=None, *, k: int = 4, dataset=None,
         "exemplars": exemplars_of(index, L, N, k, dataset),
         "hist": histogram_of(index, L, N),
         "vmax": vmax,
+        "logits": logits_of(decoding, L, N),
     }
 
 
@@ -132,7 +159,8 @@ class ExplanationCard(NeuronWidget):
     `explanation`: an Explanation, a dict, or a row of `index.explanations()` (its score
     columns are used when `score` is None). `score`: a ScoreResult, a number or None. With
     `index` (a NeuronIndex) the card shows the neuron's top `k` records (images from the
-    index's dataset, or `dataset=`) and its histograms.
+    index's dataset, or `dataset=`) and its histograms. `decoding`: a NeuronDecoding whose
+    promoted / suppressed tokens the card lists ("auto": the one saved in the index's folder).
     """
 
     _entry = "explanation_card.js"
@@ -142,16 +170,18 @@ class ExplanationCard(NeuronWidget):
     exemplars = t.List(t.Dict()).tag(sync=True)
     hist = t.Dict().tag(sync=True)
     vmax = t.Float(1.0).tag(sync=True)
+    logits = t.Dict().tag(sync=True)
 
-    def __init__(self, explanation, score=None, *, index=None, k: int = 4, dataset=None, **kwargs):
+    def __init__(self, explanation, score=None, *, index=None, k: int = 4, dataset=None, decoding="auto", **kwargs):
         self.explanation, self.result, self.index = explanation, score, index
-        super().__init__(**card_state(explanation, score, index, k=k, dataset=dataset), **kwargs)
+        self.decoding = resolve_decoding(decoding, index)
+        super().__init__(**card_state(explanation, score, index, k=k, dataset=dataset, decoding=self.decoding), **kwargs)
 
     def update(self, explanation, score=None, *, index=None, k: int = 4, dataset=None) -> None:
         """Show another explanation (one message)."""
         self.explanation, self.result = explanation, score
         self.index = index if index is not None else self.index
-        state = card_state(explanation, score, self.index, k=k, dataset=dataset)
+        state = card_state(explanation, score, self.index, k=k, dataset=dataset, decoding=self.decoding)
         with self.hold_sync():
             for key, value in state.items():
                 setattr(self, key, value)

@@ -57,7 +57,7 @@ class PatchHeatmap(NeuronWidget):
         self._fixed_vmax = vmax
         self._k = int(k)
         layer, neuron = whole_number(layer, "layer"), whole_number(neuron, "neuron")
-        super().__init__(layer=layer, neuron=neuron, cmap=cmap, opacity=opacity, image=png(trace.image),
+        super().__init__(layer=layer, neuron=neuron, cmap=cmap, opacity=opacity, image=png(trace.image, crop=getattr(trace, "crop", True)),
                          **self._state(trace, layer, neuron, layer_changed=True), **kwargs)
         self.observe(self._redraw, names=["layer", "neuron"])
 
@@ -96,7 +96,7 @@ class PatchHeatmap(NeuronWidget):
         neuron = self.neuron if neuron is None else whole_number(neuron, "neuron")
         state = self._state(trace, layer, neuron, layer_changed=_layer_changed or new_trace or layer != self.layer)
         if new_trace:
-            state["image"] = png(trace.image)
+            state["image"] = png(trace.image, crop=getattr(trace, "crop", True))
             if self.selected >= trace.grid[0] * trace.grid[1]:
                 state["selected"] = -1
         self.trace = trace  # only now: a bad layer or neuron above leaves the widget as it was

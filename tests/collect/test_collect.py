@@ -18,7 +18,7 @@ from neuronwidgets.reduce.moments import HIST_EDGES
 from neuronwidgets.reduce.random_set import RandomSet
 from neuronwidgets.reduce.state import LayerState
 from neuronwidgets.store.index import NeuronIndex
-from neuronwidgets.store.layout import IndexFormatError
+from neuronwidgets.store.layout import FORMAT_VERSION, IndexFormatError
 
 CAPTIONS = ["a red circle", "blue", "the red square is a shape", "a", "what is the blue circle"]
 
@@ -164,10 +164,11 @@ def test_resume_after_kill_gives_identical_index(tiny_session, data, one_pass, t
     # so is a folder from another format version, unless overwritten
     manifest = json.loads((path / "manifest.json").read_text())
     (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 2}))
-    with pytest.raises(IndexFormatError, match="format version 2; this neuronwidgets writes version 4: pass overwrite=True"):
+    want = f"format version 2; this neuronwidgets writes version {FORMAT_VERSION}: pass overwrite=True"
+    with pytest.raises(IndexFormatError, match=want):
         tiny_session.collect(data, path=path, map_bits=8, checkpoint_every=1, **KW)
     again = tiny_session.collect(data, path=path, map_bits=8, checkpoint_every=1, overwrite=True, **KW)
-    assert again.manifest["format_version"] == 4
+    assert again.manifest["format_version"] == FORMAT_VERSION
 
 
 # each move of the first two checkpoints (manifest.part, layers, samples, stats, manifest)
@@ -944,3 +945,17 @@ def test_folders_of_earlier_versions_without_positions_or_prompts_still_match(on
     old = {k: v for k, v in one_pass.manifest.items() if k not in ("positions", "prompts")}
     assert collection_differences(old, one_pass.manifest) == []
     assert collection_differences({**old, "top_k": 9}, one_pass.manifest) == ["top_k"]
+
+
+def test_a_folder_holding_only_a_decoding_takes_an_index_and_keeps_the_decoding(tiny_session, data, tmp_path):
+    """A neuron decoding depends on the model alone: it may be made first, and the index moves in beside it."""
+    import neuronwidgets as nw
+
+    folder = tmp_path / "decoded"
+    nw.decode_neurons(tiny_session, k=3, path=folder)
+    before = (folder / "decoding.parquet").read_bytes()
+    index = tiny_session.collect(data, path=folder, **KW)
+    assert (folder / "decoding.parquet").read_bytes() == before and index.n_samples == len(data)
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(IndexFormatError, match="holds a different collection|holds files"):
+        tiny_session.collect(data[:4], path=folder, **KW)

@@ -24,6 +24,7 @@ def tiny_llama(seed: int = 0, mlp_bias: bool = False, layers: int = LAYERS, voca
     with torch.no_grad():
         parts = find_parts(model)
         parts.norm.weight.copy_(torch.rand(hidden) * 1.5 + 0.25)
+        parts.lm_head.weight.mul_(40.0)  # logits of a few units, so one direction can take most of the probability
         for layer in parts.layers:
             layer.post_attention_layernorm.weight.copy_(torch.rand(hidden) * 1.5 + 0.25)
     return model

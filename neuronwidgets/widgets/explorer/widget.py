@@ -17,8 +17,9 @@ import traitlets as t
 from neuronwidgets.checks import whole_number
 from neuronwidgets.store.identity import check_same_neurons
 from neuronwidgets.widgets._base import NeuronWidget, png
-from neuronwidgets.widgets.card import card_state
+from neuronwidgets.widgets.card import card_state, resolve_decoding
 from neuronwidgets.widgets.colors import CMAPS
+from neuronwidgets.widgets.explorer import clamp as clamp_view
 from neuronwidgets.widgets.explorer import sources
 from neuronwidgets.widgets.explorer.export import export_state
 from neuronwidgets.widgets.explorer.panels import heatmap_panels, neuron_matches
@@ -55,7 +56,10 @@ class NeuronExplorer(NeuronWidget):
     sample=, grid=, tokens=)`, "auto" (a ConceptSimulator over the dataset when it has concept
     masks) or None. explanations: a table like `index.explanations()` or a list of
     Explanations (default: the index's). `to_html(path, prompts=[...], neurons=[...])`
-    precomputes those prompts and neurons for the static page.
+    precomputes those prompts and neurons for the static page. decoding: a NeuronDecoding
+    whose token lists the card shows ("auto": the one saved in the index's folder, if any);
+    the clamp slider sets the neuron to a value and shows the answer and next-token
+    probabilities before and after (`clamp(value)` does the same from Python).
     """
 
     _entry = "explorer.js"
@@ -89,10 +93,14 @@ class NeuronExplorer(NeuronWidget):
     card = t.Dict().tag(sync=True)
     sim = t.Dict().tag(sync=True)
     sim_spec = t.Dict().tag(sync=True)
+    # clamping (issue 25): the slider's [min, max, step], and the last clamp's before/after
+    clamp_range = t.List(t.Float()).tag(sync=True)
+    clamp_view = t.Dict().tag(sync=True)
 
     def __init__(self, session: Session, index: NeuronIndex | None = None, *, dataset=None, simulator="auto", explanations=None,
                  layer: int | None = None, neuron: int | None = None, image=None, prompt: str | None = None, n_images: int = 8,
-                 k: int = 8, async_simulation: bool = True, max_matches: int = 200, card_exemplars: int = 3):
+                 k: int = 8, async_simulation: bool = True, max_matches: int = 200, card_exemplars: int = 3,
+                 decoding="auto"):
         if index is not None:
             check_same_neurons(session, index, "the session and the index")
         self.session, self.index = session, index
@@ -106,6 +114,8 @@ class NeuronExplorer(NeuronWidget):
         self._cards: dict = {}
         self._busy = False
         self._explanations = sources.explanation_table(index, explanations)
+        self.decoding = resolve_decoding(decoding, index)
+        self._free: OrderedDict = OrderedDict()  # (image_index, prompt) -> the unclamped side of the clamp panel
         self._categories = sources.category_table(index, self._explanations)
         self.simulator = sources.pick_simulator(simulator, self.dataset)
         self._inputs = sources.initial_images(self.dataset, image, n_images)
@@ -167,7 +177,7 @@ class NeuronExplorer(NeuronWidget):
             row = self.explanation_row(layer, neuron)
             if row is None:
                 row = {"layer": layer, "neuron": neuron, "category": self.category_of(layer, neuron) or "unknown"}
-            hit = card_state(row, None, self.index, k=self._card_k, dataset=self.dataset)
+            hit = card_state(row, None, self.index, k=self._card_k, dataset=self.dataset, decoding=self.decoding)
             with self._lock:
                 self._cards[key] = hit
         return hit
@@ -204,7 +214,7 @@ class NeuronExplorer(NeuronWidget):
         if seq is not None:
             updates["seq"] = max(int(seq), self.seq)
         if image_changed:
-            updates["image"] = png(self._inputs[image_index][0])
+            updates["image"] = png(self._inputs[image_index][0], crop=self.session.adapter.crop)
             updates["selected"] = -1
             updates["prompts"] = sources.suggestions(self._inputs[image_index][1], prompt)
         try:
@@ -215,6 +225,7 @@ class NeuronExplorer(NeuronWidget):
             return
         updates.update(heatmap_panels(trace, layer, neuron, self.index, self._k))
         updates.update(prompt=prompt, status="", card=self._card(layer, neuron))
+        updates.update(clamp_range=clamp_view.clamp_range(self.index, layer, neuron), clamp_view={})
         sim, pending = self._sim_panel(trace, layer, neuron, image_index, run=not self._async)
         updates["sim"] = sim
         token = (updates.get("seq", self.seq), image_index, prompt, layer, neuron)
@@ -296,6 +307,8 @@ class NeuronExplorer(NeuronWidget):
         try:
             if kind == "prompt":
                 self._refresh(prompt=str(content.get("prompt", "")), seq=seq)
+            elif kind == "clamp":
+                self.clamp(float(content.get("value", 0.0)), seq=int(content.get("clamp_seq", 0)))
             elif kind == "upload":
                 self._upload(bytes(buffers[0]) if buffers else b"", str(content.get("name", "upload")), seq)
         except Exception as err:  # a browser message: answer it whatever raised, so the page stops waiting
@@ -308,6 +321,24 @@ class NeuronExplorer(NeuronWidget):
             self._apply({"images": [*self.images, {"label": f"uploaded: {name}", "thumb": sources.thumb(picture)}],
                          "image_index": len(self._inputs) - 1})
         self._refresh(seq=seq, image_changed=True)
+
+    def clamp(self, value: float, *, seq: int = 0) -> dict[str, Any]:
+        """Clamp the current neuron to `value` on the current input: the answer and next-token probabilities, before and after."""
+        image_index, prompt, layer, neuron = self.image_index, self.prompt, self.layer, self.neuron
+        image = self._inputs[image_index][0]
+        key = (image_index, prompt)
+        with self._lock:
+            free = self._free.get(key)
+        if free is None:
+            free = clamp_view.unclamped_side(self.session, image, prompt)
+            with self._lock:
+                self._free[key] = free
+                while len(self._free) > TRACE_CACHE:
+                    self._free.popitem(last=False)
+        view = clamp_view.clamp_panel(self.session, image, prompt, layer, neuron, value, free=free,
+                                      decoding=self.decoding, seq=seq)
+        self._apply({"clamp_view": view})
+        return view
 
     def set_prompt(self, prompt: str) -> None:
         """What typing in the prompt box does (without the debounce): the real activations at once."""

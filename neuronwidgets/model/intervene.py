@@ -8,8 +8,8 @@
         ...
 
 `layers` is the decoder's layer list (`model.model.language_model.layers` for LLaVA, the
-adapter's `decoder_layers()`), or a whole transformers model, whose layers are found the way
-`neuronwidgets.decode.lm_head.find_parts` finds them.
+adapter's `decoder_layers()`), a Session (its adapter's layers), or a whole transformers
+model, whose language model is found by `language_model_of`.
 
 Sites, as where neurons are recorded (`neuronwidgets` adapters):
 
@@ -35,23 +35,40 @@ import torch
 from torch import nn
 
 from neuronwidgets.checks import whole_number
+from neuronwidgets.constants import SITES
 
-SITES = ("act", "mlp_in")
 #: Value words accepted in a clamp spec besides numbers.
 ABLATE, MEAN = "ablate", "mean"
 
 Neuron = tuple[int, int]
 
 
+def language_model_of(model: nn.Module) -> nn.Module:
+    """The decoder stack of a transformers causal LM or VLM: the module holding `.layers` (and the final `.norm`)."""
+    inner = getattr(model, "model", model)
+    candidates = [getattr(inner, "language_model", None), getattr(inner, "text_model", None)]
+    outer = getattr(model, "language_model", None)  # transformers < 4.52 kept LLaVA's LM at the top level
+    if outer is not None:
+        candidates.append(getattr(outer, "model", outer))
+    candidates += [inner, model]
+    for lm in candidates:
+        if lm is not None and isinstance(getattr(lm, "layers", None), (nn.ModuleList, list, tuple)):
+            return lm
+    raise TypeError(f"cannot find the decoder layers of {type(model).__name__}: "
+                    "neuronwidgets supports Llama-style causal LMs and the VLMs built on them")
+
+
 def _layer_list(model_layers) -> Sequence[nn.Module]:
-    """The decoder layers: a layer list as it is, a transformers model's found by `find_parts`."""
+    """The decoder layers: a layer list as it is, a Session's from its adapter, a model's from `language_model_of`."""
     if isinstance(model_layers, (nn.ModuleList, list, tuple)):
         return model_layers
-    if isinstance(model_layers, nn.Module) or hasattr(model_layers, "model"):
-        from neuronwidgets.decode.lm_head import find_parts
-
-        return find_parts(model_layers).layers
-    raise TypeError(f"expected the decoder layers (an nn.ModuleList) or a transformers model, got {type(model_layers).__name__}")
+    adapter = getattr(model_layers, "adapter", None)
+    if adapter is not None and hasattr(adapter, "decoder_layers"):
+        return adapter.decoder_layers()
+    if isinstance(model_layers, nn.Module):
+        return language_model_of(model_layers).layers
+    raise TypeError(f"expected the decoder layers (an nn.ModuleList), a Session or a transformers model, "
+                    f"got {type(model_layers).__name__}")
 
 
 def _mlp(layers: Sequence[nn.Module], layer: int) -> nn.Module:
@@ -165,11 +182,31 @@ def clamp(model_layers, spec: Mapping[Neuron, float | str], site: str = "act",
             h.remove()
 
 
+def _pairs(neurons) -> list:
+    """(layer, neuron) pairs from an iterable of pairs, or one bare pair."""
+    if isinstance(neurons, Mapping):
+        raise TypeError("ablate takes (layer, neuron) pairs, not a mapping: a mapping of values is a clamp")
+    neurons = list(neurons)
+    if len(neurons) == 2 and all(isinstance(x, numbers.Integral) for x in neurons):
+        return [tuple(neurons)]  # one (layer, neuron) pair given bare
+    return [tuple(k) if isinstance(k, list) else k for k in neurons]
+
+
+def ablation_spec(clamp_spec: Mapping | None = None, ablate_neurons: Iterable | None = None,
+                  means: Mapping | None = None) -> dict:
+    """One clamp spec from `clamp_spec` and `ablate_neurons` (0, or "mean" where `means` has the neuron)."""
+    if clamp_spec is not None and not isinstance(clamp_spec, Mapping):
+        raise TypeError(f"clamp takes a mapping {{(layer, neuron): value}}, got {type(clamp_spec).__name__}")
+    spec = dict(clamp_spec or {})
+    mean_keys = set(means or {})
+    for key in _pairs(ablate_neurons or []):
+        if key in spec:
+            raise ValueError(f"neuron {key} is both clamped and ablated: give it once")
+        spec[key] = MEAN if key in mean_keys else ABLATE
+    return spec
+
+
 def ablate(model_layers, neurons: Iterable[Neuron], site: str = "act",
            means: Mapping[Neuron, float] | None = None):
-    """Zero-ablate `neurons` (or, with `means` given, set each to its mean) while the block runs."""
-    neurons = list(neurons)
-    if neurons and isinstance(neurons[0], numbers.Integral) and len(neurons) == 2:
-        neurons = [tuple(neurons)]  # one (layer, neuron) pair given bare
-    value = MEAN if means is not None else ABLATE
-    return clamp(model_layers, {tuple(k) if isinstance(k, list) else k: value for k in neurons}, site=site, means=means)
+    """Zero-ablate `neurons` while the block runs (or set each to its mean where `means` holds one)."""
+    return clamp(model_layers, ablation_spec(None, neurons, means), site=site, means=means)
