@@ -263,7 +263,6 @@ def test_the_cycle_finder_finds_cycles():
 #: (file under neuronwidgets/, constant). An entry whose copy is gone fails the test: take it out.
 KNOWN_COPIES: set[tuple[str, str]] = {
     ("explain/concept.py", "CATEGORY_MODALITY"),  # _modality(): {"visual": "image", "text": "text"}.get(...)
-    ("model/adapters/llava_next.py", "PROMPT_TEMPLATE"),  # default_prompt = "USER: <image>\n{question} ASSISTANT:"
     ("widgets/card.py", "MODALITIES"),  # for modality in ("image", "text")
 }
 

@@ -38,6 +38,8 @@ class ModelAdapter:
     """
 
     family: str = "?"
+    #: The transformers classes (by name) this adapter reads.
+    model_classes: tuple[str, ...] = ()
     image_placeholder: str = "<image>"
     prompt_template: str = PROMPT_TEMPLATE
     #: One grid for every input (`grid`); False: read each input's from `layout`.
@@ -51,7 +53,8 @@ class ModelAdapter:
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
-        raise NotImplementedError
+        """Whether `model` is of this family: by default, its class is one of `model_classes`."""
+        return type(model).__name__ in cls.model_classes
 
     def __init__(self, model: nn.Module, processor):
         self.model = model

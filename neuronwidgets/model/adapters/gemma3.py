@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from neuronwidgets.model.adapters.family import FamilyAdapter, side_of
 from neuronwidgets.model.adapters.layout import MAIN_VIEW, ImageLayout, concat, runs
@@ -14,12 +13,10 @@ from neuronwidgets.model.adapters.layout import MAIN_VIEW, ImageLayout, concat, 
 
 class Gemma3Adapter(FamilyAdapter):
     family = "Gemma 3 (Gemma3ForConditionalGeneration)"
+    model_classes = ("Gemma3ForConditionalGeneration",)
     image_placeholder = "<start_of_image>"
     default_prompt = "<start_of_turn>user\n<start_of_image>{question}<end_of_turn>\n<start_of_turn>model\n"
 
-    @classmethod
-    def supports(cls, model: nn.Module) -> bool:
-        return type(model).__name__ == "Gemma3ForConditionalGeneration"
 
     @property
     def tokens_per_image(self) -> int:

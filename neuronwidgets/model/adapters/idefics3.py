@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from neuronwidgets.model.adapters.family import FamilyAdapter
 from neuronwidgets.model.adapters.layout import MAIN_VIEW, ImageLayout
@@ -19,13 +18,11 @@ GLOBAL_TAG = "<global-img>"
 
 class Idefics3Adapter(FamilyAdapter):
     family = "Idefics3 / SmolVLM (Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration)"
+    model_classes = ("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration")
     image_placeholder = "<image>"
     default_prompt = "<|im_start|>User:<image>{question}<end_of_utterance>\nAssistant:"
     language_model_attr = "text_model"
 
-    @classmethod
-    def supports(cls, model: nn.Module) -> bool:
-        return type(model).__name__ in ("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration")
 
     @property
     def side(self) -> int:

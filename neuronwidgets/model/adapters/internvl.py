@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from neuronwidgets.model.adapters.family import FamilyAdapter
 from neuronwidgets.model.adapters.layout import MAIN_VIEW, ImageLayout
@@ -19,12 +18,10 @@ THUMBNAIL = "thumbnail"
 
 class InternVLAdapter(FamilyAdapter):
     family = "InternVL (InternVLForConditionalGeneration)"
+    model_classes = ("InternVLForConditionalGeneration",)
     image_placeholder = "<IMG_CONTEXT>"
     default_prompt = "<|im_start|>user\n<IMG_CONTEXT>\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
-    @classmethod
-    def supports(cls, model: nn.Module) -> bool:
-        return type(model).__name__ == "InternVLForConditionalGeneration"
 
     @property
     def side(self) -> int:

@@ -12,10 +12,8 @@ from neuronwidgets.model.adapters.base import ModelAdapter
 
 class LlavaAdapter(ModelAdapter):
     family = "LLaVA-1.5 (transformers LlavaForConditionalGeneration with a Llama-style MLP)"
+    model_classes = ("LlavaForConditionalGeneration",)
 
-    @classmethod
-    def supports(cls, model: nn.Module) -> bool:
-        return type(model).__name__ == "LlavaForConditionalGeneration"
 
     def decoder_layers(self) -> Sequence[nn.Module]:
         inner = getattr(self.model, "model", self.model)

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
+from neuronwidgets.constants import PROMPT_TEMPLATE
 from neuronwidgets.model.adapters.family import FamilyAdapter
 from neuronwidgets.model.adapters.layout import MAIN_VIEW, NEWLINE, ImageLayout, concat, one_grid, runs
 
@@ -43,12 +43,9 @@ def anyres_grid(height: int, width: int, pinpoints, tile: int, side: int, max_ti
 class LlavaNextAdapter(FamilyAdapter):
     family = "LLaVA-NeXT (LlavaNextForConditionalGeneration)"
     image_placeholder = "<image>"
-    default_prompt = "USER: <image>\n{question} ASSISTANT:"
-    model_class = "LlavaNextForConditionalGeneration"
+    default_prompt = PROMPT_TEMPLATE  # Vicuna-style, as LLaVA-1.5
+    model_classes = ("LlavaNextForConditionalGeneration",)
 
-    @classmethod
-    def supports(cls, model: nn.Module) -> bool:
-        return type(model).__name__ == cls.model_class
 
     @property
     def side(self) -> int:
@@ -104,7 +101,7 @@ class LlavaNextAdapter(FamilyAdapter):
 class LlavaOnevisionAdapter(LlavaNextAdapter):
     family = "LLaVA-OneVision (LlavaOnevisionForConditionalGeneration)"
     default_prompt = "<|im_start|>user <image>\n{question}<|im_end|><|im_start|>assistant\n"
-    model_class = "LlavaOnevisionForConditionalGeneration"
+    model_classes = ("LlavaOnevisionForConditionalGeneration",)
 
     def max_tiles(self) -> int | None:
         return int(str(self.model.config.vision_aspect_ratio).replace("anyres_max_", ""))

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from neuronwidgets.model.adapters.family import FamilyAdapter
 from neuronwidgets.model.adapters.layout import ImageLayout, concat, one_grid, runs
@@ -16,12 +15,10 @@ QWEN_MODELS = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGener
 
 class Qwen2VLAdapter(FamilyAdapter):
     family = "Qwen2-VL / Qwen2.5-VL (Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration)"
+    model_classes = QWEN_MODELS
     image_placeholder = "<|image_pad|>"
     default_prompt = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
 
-    @classmethod
-    def supports(cls, model: nn.Module) -> bool:
-        return type(model).__name__ in QWEN_MODELS
 
     @property
     def merge_size(self) -> int:
