@@ -107,7 +107,12 @@ def next_token_logprobs(model, inputs: Sequence[Mapping], spec: Mapping | None =
     rows = []
     layers = find_parts(module).layers
     device = next(module.parameters()).device
-    with clamp(layers, dict(spec or {}), site=_site(model, site), means=means):
+    # A Session (or a FeatureSession, whose units are SNMF features) knows how to set its own units; a bare model is hooked here.
+    if isinstance(model, nn.Module) or not hasattr(model, "clamped"):
+        setting = clamp(layers, dict(spec or {}), site=_site(model, site), means=means)
+    else:
+        setting = model.clamped(dict(spec or {}), means=means, site=site)
+    with setting:
         for inp in inputs:
             inp = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in dict(inp).items()}
             logits = module(**inp).logits

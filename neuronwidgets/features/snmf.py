@@ -283,55 +283,68 @@ def _check_params(k: Any, sparsity: Any, max_iter: Any, tol: Any, max_tokens: An
 # --------------------------------------------------------------------------- init
 
 
-def _sample_columns(blocks: _Blocks, m: int, gen: torch.Generator) -> tuple[torch.Tensor, int, float, int]:
-    """One pass: a uniform sample of m columns (smallest random keys), the token count, ||A||^2 and n_neurons."""
+def _column_sq_norms(block: torch.Tensor, rows: int = 512) -> torch.Tensor:
+    """Squared norm of every column, row band by row band (no block-sized temporary, no strided reduction)."""
+    acc = torch.zeros(block.shape[1], dtype=torch.float32, device=block.device)
+    for i in range(0, block.shape[0], rows):
+        acc += block[i:i + rows].pow(2).sum(dim=0)
+    return acc
+
+
+def _sample_columns(blocks: _Blocks, m: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One pass: a uniform sample of m columns [m, n] (smallest random keys), squared token norms [T], n_neurons."""
     keep_keys = torch.empty(0, dtype=torch.float64)
     keep_cols: Optional[torch.Tensor] = None
-    total, norm2, n = 0, 0.0, None
+    norms: list[torch.Tensor] = []
+    total, n = 0, None
     for block in blocks:
-        if not bool(torch.isfinite(block).all()):
-            raise ValueError(f"A holds NaN or infinite values (in tokens {total}..{total + block.shape[1] - 1})")
-        n = block.shape[0]
-        t = block.shape[1]
-        norm2 += float(block.double().pow(2).sum())
-        keys = torch.rand(t, generator=gen, dtype=torch.float64)
-        cols = block.T
-        if keep_cols is not None:
-            keys = torch.cat([keep_keys, keys])
-            cols = torch.cat([keep_cols, cols.to(keep_cols.device)])
-        if keys.numel() > m:
-            sel = torch.topk(keys, m, largest=False).indices
-            keys, cols = keys[sel], cols[sel.to(cols.device)]
-        elif keep_cols is None:
-            cols = cols.clone()  # a view of the block: own it
-        keep_keys, keep_cols = keys, cols
+        n, t = block.shape
+        sq = _column_sq_norms(block)
+        if not bool(torch.isfinite(sq).all()) and not bool(torch.isfinite(block).all()):  # (a huge finite value squares to inf)
+            raise ValueError(f"A holds NaN or infinite values (in tokens {total}..{total + t - 1})")
+        norms.append(sq)
+        keys = torch.cat([keep_keys, torch.rand(t, generator=gen, dtype=torch.float64)])
+        sel = torch.topk(keys, min(m, keys.numel()), largest=False).indices
+        old, new = sel[sel < keep_keys.numel()], sel[sel >= keep_keys.numel()] - keep_keys.numel()
+        picked = block.index_select(1, new.to(block.device)).T  # a copy: the sample owns its columns
+        keep_cols = picked if keep_cols is None else torch.cat([keep_cols[old.to(block.device)], picked])
+        keep_keys = torch.cat([keep_keys[old], keys[sel[sel >= keep_keys.numel()]]])
         total += t
     if keep_cols is None or n is None:
         raise ValueError("A holds no tokens")
-    return keep_cols, total, norm2, n
+    return keep_cols, torch.cat(norms), n
 
 
 def _kmeans_centres(X: torch.Tensor, k: int, gen: torch.Generator, n_iter: int = 10) -> torch.Tensor:
-    """Spherical k-means (k-means++ seeding, cosine) on rows of X [m, n]; returns unit centres [n, k]."""
+    """Spherical k-means (k-means++-style seeding, cosine) on rows of X [m, n]; returns unit centres [n, k]."""
     m = X.shape[0]
     Xn = X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)
     first = int(torch.randint(m, (1,), generator=gen))
     centres = [Xn[first]]
     best = 1 - Xn @ Xn[first]  # cosine distance to the nearest centre
-    for _ in range(1, k):
+    per_round = max(1, math.ceil(k / 16))  # D^2 sampling, a few centres per pass over the sample
+    while len(centres) < k:
+        r = min(per_round, k - len(centres))
         w = best.clamp_min(0).double().cpu()
-        idx = int(torch.multinomial(w, 1, generator=gen)) if float(w.sum()) > 0 else int(torch.randint(m, (1,), generator=gen))
-        centres.append(Xn[idx])
-        best = torch.minimum(best, 1 - Xn @ Xn[idx])
+        if int((w > 0).sum()) >= r:
+            idx = torch.multinomial(w, r, replacement=False, generator=gen)
+        else:
+            idx = torch.randint(m, (r,), generator=gen)
+        new = Xn[idx.to(Xn.device)]
+        centres.extend(new)
+        best = torch.minimum(best, 1 - (Xn @ new.T).max(dim=1).values)
     C = torch.stack(centres, dim=1)  # [n, k]
     for _ in range(n_iter):
-        labels = (Xn @ C).argmax(dim=1)
-        S = torch.zeros_like(C.T).index_add_(0, labels, Xn)  # [k, n]
+        sims = Xn @ C
+        best_sim, labels = sims.max(dim=1)
+        del sims
+        onehot = torch.zeros(m, k, dtype=Xn.dtype, device=Xn.device)
+        onehot[torch.arange(m, device=Xn.device), labels] = 1
+        S = onehot.T @ Xn  # [k, n]: each cluster's sum (a matmul: index_add_ is slow on a CPU)
         counts = torch.bincount(labels, minlength=k)
         empty = counts == 0
         if bool(empty.any()):  # re-seed empty clusters at the worst-fitted points
-            worst = torch.argsort((Xn @ C).max(dim=1).values)[: int(empty.sum())]
-            S[empty] = Xn[worst]
+            S[empty] = Xn[torch.argsort(best_sim)[: int(empty.sum())]]
         C = (S / S.norm(dim=1, keepdim=True).clamp_min(1e-12)).T
     return C.contiguous()
 
@@ -377,7 +390,8 @@ def fit_snmf(A: Activations, k: int, *, sparsity: float = 0.01, max_iter: int = 
              patience: int = 3, init: str = "kmeans", seed: int = 0, max_tokens: Optional[int] = None,
              chunk_tokens: int = 8192, device: Optional[Union[str, torch.device]] = None, reg: float = 1e-6,
              init_tokens: int = 4096, sparse_matmul: Optional[bool] = None, keep_best: bool = True,
-             reseed: bool = True, dedup: float = 0.9, reseed_every: int = 10, verbose: bool = False) -> SNMFResult:
+             reseed: bool = True, dedup: float = 0.9, reseed_every: int = 10, reseed_rounds: int = 5,
+             verbose: bool = False) -> SNMFResult:
     """Fit A [n_neurons, n_tokens] ~ F G^T with sparse F [n_neurons, k] and G [n_tokens, k] >= 0 (semi-NMF).
 
     A: a tensor or numpy array [n_neurons, n_tokens] (pass X.T for activations X [tokens, neurons]),
@@ -387,7 +401,14 @@ def fit_snmf(A: Activations, k: int, *, sparsity: float = 0.01, max_iter: int = 
     ``tol`` (relatively) ``patience`` iterations in a row, or after ``max_iter``.
     init: "kmeans" (spherical k-means on ``init_tokens`` sampled tokens) or "random"; seeded.
     max_tokens: fit on a seeded random subsample of that many tokens (columns).
+    reseed: point dead features and the weaker of near-duplicate pairs (|cos| > dedup) at the
+    worst-reconstructed tokens, every ``reseed_every`` iterations, at most ``reseed_rounds`` times,
+    in the first half of ``max_iter`` (not in the paper: it rescues fits stuck with duplicates).
     """
+    if isinstance(reseed_rounds, bool) or not isinstance(reseed_rounds, (int, np.integer)) or reseed_rounds < 0:
+        raise ValueError(f"reseed_rounds must be an integer >= 0, got {reseed_rounds!r}")
+    if not isinstance(reseed_every, (int, np.integer)) or reseed_every < 1:
+        raise ValueError(f"reseed_every must be an integer >= 1, got {reseed_every!r}")
     _check_params(k, sparsity, max_iter, tol, max_tokens, chunk_tokens, init, patience)
     k, sparsity = int(k), float(sparsity)
     clock = time.perf_counter()
@@ -407,7 +428,8 @@ def fit_snmf(A: Activations, k: int, *, sparsity: float = 0.01, max_iter: int = 
     blocks = _Blocks(A, chunk_tokens=int(chunk_tokens), device=dev, token_index=token_index)
 
     # pass 0: count tokens, ||A||^2, a sample of tokens for the init
-    sample, T, norm2, n = _sample_columns(blocks, max(int(init_tokens), k), gen)
+    sample, a2, n = _sample_columns(blocks, max(int(init_tokens), k), gen)
+    T, norm2 = int(a2.numel()), float(a2.double().sum())
     if T < k:
         raise ValueError(f"k={k} features need at least {k} tokens, A has {T}")
     if norm2 <= 0:
@@ -437,7 +459,7 @@ def fit_snmf(A: Activations, k: int, *, sparsity: float = 0.01, max_iter: int = 
     init_s = time.perf_counter() - clock
     errors: list[float] = []
     best = (math.inf, None, None, 0)
-    calm, stopped_early, reseeded, last_reseed, force = 0, False, 0, 0, False
+    calm, stopped_early, reseeded, last_reseed, force, rounds = 0, False, 0, 0, False, 0
     reseed_until = int(max_iter) // 2 if reseed else 0
     n_worst = min(T, max(8, min(k, 64)))
     worst: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # residual norms [R] and vectors [n, R]
@@ -452,9 +474,10 @@ def fit_snmf(A: Activations, k: int, *, sparsity: float = 0.01, max_iter: int = 
             replaced = _reseed(F, G, _victims(F, dedup), worst[1], sparsity)
             if replaced:
                 reseeded += replaced
+                rounds += 1
                 last_reseed, calm = it, 0
         force = False
-        track = it < reseed_until
+        track = it < reseed_until and rounds < reseed_rounds
         worst = None
         Q = F.T @ F
         Qp, Qn = _pos(Q), _neg(Q)
@@ -475,7 +498,7 @@ def fit_snmf(A: Activations, k: int, *, sparsity: float = 0.01, max_iter: int = 
             pg = (P * g).sum(dim=1)
             cross += float(pg.double().sum())
             if track:  # the worst-reconstructed tokens and their residuals, to re-seed duplicate features
-                res = block.pow(2).sum(dim=0) - 2 * pg + ((g @ Q) * g).sum(dim=1)
+                res = a2[start:start + t] - 2 * pg + ((g @ Q) * g).sum(dim=1)
                 top = torch.topk(res, min(n_worst, t)).indices
                 vals, vecs = res[top], block[:, top] - F @ g[top].T
                 if worst is not None:
@@ -519,7 +542,7 @@ def fit_snmf(A: Activations, k: int, *, sparsity: float = 0.01, max_iter: int = 
               "patience": int(patience), "init": init, "seed": int(seed), "max_tokens": max_tokens,
               "n_tokens": T, "n_neurons": n, "iterations": len(errors), "best_iteration": best_iter,
               "stopped_early": stopped_early, "reg": float(reg), "device": str(dev),
-              "reseeded": reseeded, "dedup": float(dedup) if reseed else None,
+              "reseeded": reseeded, "reseed_rounds": rounds, "dedup": float(dedup) if reseed else None,
               "dead_features": int((G.abs().sum(dim=0) == 0).sum()),
               "seconds": {"init": round(init_s, 3), "total": round(time.perf_counter() - clock, 3)}}
     return SNMFResult(F=F.contiguous(), G=G.contiguous(), errors=errors, params=params,
@@ -541,13 +564,20 @@ def _as_F(F: Union[torch.Tensor, SNMFResult, np.ndarray]) -> torch.Tensor:
 
 @torch.no_grad()
 def nnls_rows(Q: torch.Tensor, B: torch.Tensor, *, max_iter: int = 500, tol: float = 1e-6,
-              x0: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Solve min_x 0.5 x^T Q x - b^T x, x >= 0, for every row b of B [t, k] (accelerated projected gradient)."""
-    L = float(torch.linalg.eigvalsh(Q.double()).max())
+              x0: Optional[torch.Tensor] = None, lipschitz: Optional[float] = None,
+              Q_pinv: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Solve min_x 0.5 x^T Q x - b^T x, x >= 0, for every row b of B [t, k] (accelerated projected gradient).
+
+    lipschitz (the largest eigenvalue of Q) and Q_pinv may be given to skip computing them per call.
+    """
+    if B.shape[0] == 0:
+        return B.clone()
+    L = float(torch.linalg.eigvalsh(Q.double()).max()) if lipschitz is None else float(lipschitz)
     if L <= 0:
         return torch.zeros_like(B)
-    if x0 is None:
-        x0 = _pos(B @ torch.linalg.pinv(Q.double()).to(B.dtype))  # the unconstrained solution, clipped
+    if x0 is None:  # the unconstrained solution, clipped
+        P = torch.linalg.pinv(Q.double()) if Q_pinv is None else Q_pinv
+        x0 = _pos(B @ P.to(B.dtype))
     x = x0.clone()
     y, t_mom = x.clone(), 1.0
     scale = float(B.abs().max()) / L + 1e-30
@@ -583,10 +613,12 @@ def coefficients(F: Union[torch.Tensor, SNMFResult, np.ndarray], A: Activations,
     dev = torch.device(device) if device is not None else A.device
     Ff = F.to(dev, torch.float32)
     Q = Ff.T @ Ff
+    L = float(torch.linalg.eigvalsh(Q.double()).max())
+    P = torch.linalg.pinv(Q.double())
     out = torch.empty(A.shape[1], F.shape[1], dtype=torch.float32, device=dev)
     for s in range(0, A.shape[1], batch_tokens):
         block = A[:, s:s + batch_tokens].to(dev, torch.float32)
-        out[s:s + block.shape[1]] = nnls_rows(Q, block.T @ Ff, max_iter=max_iter, tol=tol)
+        out[s:s + block.shape[1]] = nnls_rows(Q, block.T @ Ff, max_iter=max_iter, tol=tol, lipschitz=L, Q_pinv=P)
     return out
 
 
