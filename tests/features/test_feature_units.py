@@ -94,6 +94,10 @@ def test_explorer_and_concept_explanation(world):
     _, data, _, fs, index = world
     ex = nw.ConceptExplainer(data).explain(index, layer=LAYER, neuron=1)
     assert ex.layer == LAYER and ex.neuron == 1 and ex.text
+    held = nw.datasets.shapes(n=24, seed=1)  # other images, the same features
+    holdout = fs.collect(held, text="caption", top_k=8, progress=False)
+    result = nw.score(ex, index, simulator=nw.ConceptSimulator(held), holdout=holdout)
+    assert len(result.per_input) > 0 and np.isfinite(result.score) and -1.0 <= result.score <= 1.0
     explorer = nw.NeuronExplorer(fs, index, layer=LAYER, neuron=1, async_simulation=False)
     try:
         assert explorer.n_neurons == K and explorer.layers == [LAYER]
