@@ -96,7 +96,8 @@ def test_explorer_export_answers_precomputed_prompts(page, tmp_path, artifacts):
     page.wait_for_function("sel => document.querySelector(sel).textContent.includes('Static export')", arg=f"{root} .nw-status")
     box.press("End")
     box.press_sequentially(" a red", delay=40)  # lands on a precomputed prompt: the plot follows
-    page.wait_for_function("([sel, b]) => document.querySelector(sel).dataset.signature !== b", arg=[f"{root} .nw-ex-sim .nw-chart", before])
+    changed = "([sel, b]) => document.querySelector(sel).dataset.signature !== b"
+    page.wait_for_function(changed, arg=[f"{root} .nw-ex-sim .nw-chart", before])
     assert checks.token_texts(page, root) != tokens_before
     assert checks.token_texts(page, root)[-2:] == [" a", " red"] or "red" in "".join(checks.token_texts(page, root))
     assert page.locator(f"{root} .nw-status").text_content() == "static export"

@@ -127,8 +127,8 @@ def test_widgets_in_jupyterlab(lab, tall_page, artifacts):
 
     # the neuron picker reaches the kernel too
     page.locator(f"{root} .nw-match[data-layer='0'][data-neuron='4']").click()
-    page.wait_for_function("sel => document.querySelector(sel).textContent.includes('layer 0 \u00b7 neuron 4')", arg=f"{root} .nw-card .nw-nid",
-                           timeout=30_000)
+    shows = "sel => document.querySelector(sel).textContent.includes('layer 0 \u00b7 neuron 4')"
+    page.wait_for_function(shows, arg=f"{root} .nw-card .nw-nid", timeout=30_000)
     try:
         page.wait_for_function("sel => document.querySelector(sel).textContent === ''", arg=f"{root} .nw-sim-status", timeout=30_000)
     except Exception as err:
