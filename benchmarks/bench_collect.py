@@ -148,7 +148,8 @@ def paired_pass(session, data, batch_size, top_k=50, random_k=10, max_text=64, r
     from neuronwidgets.reduce.state import LayerState
 
     rows, cols = session.grid
-    state = {l: LayerState(session.n_neurons, rows * cols, max_text, top_k, top_k, random_k, 4, session.device) for l in range(session.n_layers)}
+    state = {layer: LayerState(session.n_neurons, rows * cols, max_text, top_k, top_k, random_k, 4, session.device)
+             for layer in range(session.n_layers)}
     if reduce != "auto":
         for st in state.values():
             st.set_design(sparse=reduce == "sparse", keep_dtype=st.keep_dtype)
@@ -251,7 +252,8 @@ def main():
     ap.add_argument("--end-to-end", action="store_true", help="also time session.collect() writing an index folder")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=str, default=None)
-    ap.add_argument("--malloc-top-pad", type=int, default=0, help="MiB for glibc's M_TOP_PAD (default 0: leave the allocator as a user's process has it)")
+    ap.add_argument("--malloc-top-pad", type=int, default=0,
+                    help="MiB for glibc's M_TOP_PAD (default 0: leave the allocator as a user's process has it)")
     ap.add_argument("--reduce", default="auto",
                     help="auto: as collect (sparse on a CPU, dense on a GPU), sparse or dense to force a design, "
                          "or several, comma-separated (dense,sparse) to compare them in one run")

@@ -14,7 +14,7 @@ are those of the index's own work at that neuron count. Printed (and written wit
                                        pass over the same images, nothing recorded) run just before
   disk_bytes_per_neuron                the index folder's bytes / (layers x neurons)
   categories_s, categories_cached_s    index.categories(): first call, then again (cached)
-  category_chart_s                     index.category_chart() after categories()
+  category_chart_s                     index.category_chart() after categories() (altair imported before)
   concept_explain_s                    ConceptExplainer(data).explain(index, layer, neuron), first call
   explorer_start_s, prompt_edit_s      NeuronExplorer(session, index), then one prompt edit
 With --replicate L, the collected layers' files are copied to make an index of L layers (the
@@ -200,6 +200,7 @@ def main(argv=None) -> dict:
         with PeakRSS() as cat_mem:
             cats, res["categories_s"] = timed(index.categories)
         _, res["categories_cached_s"] = timed(index.categories)
+        _, res["altair_import_s"] = timed(lambda: __import__("altair"))  # once per process, not the chart's own work
         _, res["category_chart_s"] = timed(index.category_chart)
         res["categories_peak_rss_gib"] = cat_mem.peak_gib
         res["categories_neurons"] = len(cats)

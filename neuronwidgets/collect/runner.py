@@ -58,7 +58,7 @@ def collect(session: Session, dataset: Iterable[Sample | tuple], *, layers: Sequ
     cores the model's own threads already use.
     max_patches: for a model whose grid varies per input (Qwen2-VL, LLaVA-NeXT, Idefics3, ...), the
     image tokens kept per sample (default: the most any image of the dataset has; see collect/patches.py).
-    max_state_bytes: the most memory the layers' states may take at once (default: 1.5 GiB on a CPU, no
+    max_state_bytes: the most memory the layers' states may take at once (default: 1.25 GiB on a CPU, no
     limit on a GPU); more layers than fit are collected in groups, one pass over the data per group
     (see collect/passes.py), into the same index.
     """

@@ -12,6 +12,8 @@ the concept's name (so a neuron that fires on the word "red" is explained by "re
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -46,6 +48,34 @@ class _MaskCache:
         if len(self._d) > self.size:
             self._d.popitem(last=False)
         return masks
+
+
+_shared_masks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_shared_lock = threading.Lock()
+
+
+def masks_of(data, own: _MaskCache) -> _MaskCache:
+    """The patch-mask cache of dataset `data`, shared by every concept explainer and simulator over it (`own` where it
+    cannot be shared: no dataset, or one that takes no weak reference)."""
+    if data is None:
+        return own
+    try:
+        with _shared_lock:
+            cache = _shared_masks.get(data)
+            if cache is None:
+                cache = _shared_masks[data] = _MaskCache()
+            return cache
+    except TypeError:  # a plain list: neither weakly referenced nor hashed
+        return own
+
+
+def _category(index, layer: int, neuron: int, rule: str) -> str:
+    """The neuron's category: that neuron's alone (not the whole index's table) unless the index has it cached."""
+    if hasattr(index, "manifest") and hasattr(index, "stats"):
+        from neuronwidgets.categorize import neuron_category
+
+        return neuron_category(index, layer, neuron, rule)
+    return category_of(index, layer, neuron, rule)
 
 
 def _records(index, layer: int, neuron: int, include_random: bool) -> list[ActivationRecord]:
@@ -115,7 +145,8 @@ class ConceptExplainer:
                 raise ValueError("no dataset with concept masks: pass ConceptExplainer(data) or attach the dataset to the index")
             act = np.stack([np.asarray(r.patch_map, np.float64).ravel() for r in records]) >= self.threshold * vmax
             rows, cols = np.shape(records[0].patch_map)
-            masks = [self._masks.get(sample_of(source, r), rows, cols) for r in records]
+            cache = masks_of(dataset_of(source), self._masks)
+            masks = [cache.get(sample_of(source, r), rows, cols) for r in records]
             names = sorted({k for m in masks for k in m})
             if not names:
                 raise ValueError("the dataset's samples have no concept masks (Sample.masks); the concept explainer needs them")
@@ -136,7 +167,7 @@ class ConceptExplainer:
     # --- the search --------------------------------------------------------------------------
     def ranking(self, index, layer: int, neuron: int, category: str | None = None, top: int = 10) -> pd.DataFrame:
         """The best formulas for a neuron with their IoU (what `explain` chooses from)."""
-        category = category or category_of(index, layer, neuron, self.category_rule)
+        category = category or _category(index, layer, neuron, self.category_rule)
         _, active, present = self._evidence(index, layer, neuron, _modality(category))
         found = self._search(active, present)
         return pd.DataFrame(found[:top], columns=["formula", "iou", "terms"])
@@ -188,7 +219,7 @@ class ConceptExplainer:
 
     def explain(self, index, layer: int, neuron: int, category: str | None = None) -> Explanation:
         """The concept formula that best matches the neuron (category from `index.categories()` unless given)."""
-        category = category or category_of(index, layer, neuron, self.category_rule)
+        category = category or _category(index, layer, neuron, self.category_rule)
         base = dict(layer=layer, neuron=neuron, category=category, model="concept", prompt_version=CONCEPT_VERSION, explainer=self.name)
         if category == "inactive":
             return Explanation(**base, text="inactive (never activates above 0)")
@@ -258,8 +289,11 @@ class ConceptSimulator:
                  grid: tuple[int, int] | None = None, tokens: list[str] | None = None) -> np.ndarray:
         """Painted 0-10 predictions on `item` (an ActivationRecord or a Sample): patches row-major, or tokens."""
         record = item if isinstance(item, ActivationRecord) else None
+        cache = self._masks
         if sample is None:
             sample = item if record is None else (sample_of(self.data, record) if self.data is not None else None)
+            if record is not None and self.data is not None:  # a sample of the simulator's dataset: its shared masks
+                cache = masks_of(dataset_of(self.data), self._masks)
         if modality == "image":
             if sample is None:
                 raise ValueError("ConceptSimulator needs the inputs' samples for their masks: pass ConceptSimulator(heldout)")
@@ -268,7 +302,7 @@ class ConceptSimulator:
                     raise ValueError("pass grid=(rows, cols) to simulate a sample without a record")
                 grid = tuple(np.shape(record.patch_map))
             rows, cols = grid
-            masks = self._masks.get(sample, rows, cols)
+            masks = cache.get(sample, rows, cols)
             f = self.formula(explanation, set(masks))
             if f is None:
                 return np.zeros(rows * cols)

@@ -86,11 +86,17 @@ def stored_code_histogram(stored: torch.Tensor, width: int, bits: int, chunk: in
     table = torch.zeros((256, 16), dtype=torch.float32, device=stored.device)  # table[b, c]: codes c in byte b (0, 1 or 2)
     table.index_put_((byte, byte & 15), torch.ones(256, device=stored.device), accumulate=True)
     table.index_put_((byte, byte >> 4), torch.ones(256, device=stored.device), accumulate=True)
-    flat = stored.reshape(-1, stored.shape[-1])
+    used = (width + 1) // 2
+    flat = stored.reshape(-1, stored.shape[-1])[:, :used]
     out = torch.empty((flat.shape[0], levels), dtype=torch.int64, device=stored.device)
     for start in range(0, flat.shape[0], chunk):
         part = flat[start : start + chunk].to(torch.int32)
-        out[start : start + chunk] = torch.nn.functional.embedding_bag(part, table, mode="sum")[:, 1:].to(torch.int64)  # exact: small integers
+        sums = torch.nn.functional.embedding_bag(part, table, mode="sum")  # exact: small integers in float32
+        out[start : start + chunk] = sums[:, 1:].to(torch.int64)
+    if width % 2:  # the last byte's high half lies past the map
+        pad = (flat[:, -1] >> 4).to(torch.int64)
+        rows = (pad > 0).nonzero().view(-1)
+        out[rows, pad[rows] - 1] -= 1
     return out.reshape(lead + (levels,))
 
 

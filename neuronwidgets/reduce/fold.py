@@ -14,6 +14,9 @@ import torch
 from neuronwidgets.constants import MODALITIES
 from neuronwidgets.reduce.topk import PACKED_KEY_LIMIT, group_by_row, nan_loses, padded, top_order
 
+#: On a CPU, the most bytes of candidate tokens (float32) picked out of a batch at a time.
+CANDIDATE_CHUNK_BYTES = 64 << 20
+
 
 class SparseFold:
     """Candidate buffering for a CPU: only what can still enter a top-k list is looked at."""
@@ -38,20 +41,28 @@ class SparseFold:
         floor = floors[m]
         filling = bool(torch.isneginf(floor).any())
         if filling and vals.shape[0] * vals.shape[1] >= k:  # the batch's own k-th best is a lower bound too
-            kth = torch.topk(vals.view(-1, vals.shape[2]).nan_to_num(nan=-torch.inf), k, dim=0).values[-1]
+            flat = vals.view(-1, vals.shape[2])
+            if bool(vmax.isnan().any()):  # (a copy of the batch only where a NaN must lose)
+                flat = flat.nan_to_num(nan=-torch.inf)
+            kth = torch.topk(flat, k, dim=0).values[-1]
             floor = floors[m] = torch.maximum(floor, kth)
         pair = vmax.T >= floor[:, None]  # [N, B]: neuron-major, so the candidates come sorted by neuron
         pair |= vmax.T.isnan()  # a NaN hides the sample's other tokens from its maximum
         n, b = pair.nonzero(as_tuple=True)
         if b.numel() == 0:
             return
-        seg = vals[b, :, n]  # [pairs, w]
-        enters = seg >= floor[n][:, None]
-        if filling:
-            enters &= seg > -torch.inf  # -inf marks padding
-        i, p = enters.nonzero(as_tuple=True)
-        if i.numel():
-            self._pending[m].add(n[i], seg[i, p], self._token_key(m, samples[b[i]], p))
+        # A chunk of pairs at a time: while the lists fill, every pair is a candidate, and their tokens
+        # ([pairs, w] floats) would take as much memory as the batch (400 MB at LLaVA's shape).
+        step = max(1, CANDIDATE_CHUNK_BYTES // (4 * max(vals.shape[1], 1)))
+        for lo in range(0, b.numel(), step):
+            nc, bc = n[lo : lo + step], b[lo : lo + step]
+            seg = vals[bc, :, nc]  # [pairs, w]
+            enters = seg >= floor[nc][:, None]
+            if filling:
+                enters &= seg > -torch.inf  # -inf marks padding
+            i, p = enters.nonzero(as_tuple=True)
+            if i.numel():
+                self._pending[m].add(nc[i], seg[i, p], self._token_key(m, samples[bc[i]], p))
         if self._pending[m].size >= self._limit[m]:
             self._flush_tokens(m)
 

@@ -19,7 +19,7 @@ from neuronwidgets.reduce.topk import (
 )
 
 #: On a CPU, the most bytes of float32 rows the moments and the histogram read at a time (each temporary is this large).
-STATS_CHUNK_BYTES = 64 << 20
+STATS_CHUNK_BYTES = 32 << 20
 
 
 def neuron_axis(name: str) -> int | None:

@@ -7,7 +7,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-FORMAT_VERSION = 4  # 4: histogram edges at 2^e and 1.5 * 2^e; maps for the best map_k top samples only
+#: 4: histogram edges at 2^e and 1.5 * 2^e; maps for the best map_k top samples only. 5: code histograms of every top sample.
+FORMAT_VERSION = 5
 
 
 MANIFEST = "manifest.json"

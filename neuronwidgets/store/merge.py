@@ -156,7 +156,8 @@ def merge_indexes(indexes: Sequence[NeuronIndex], path: str | Path, overwrite: b
         other_state = other.to_state()
         for layer_state in other_state.values():
             _shift_samples(layer_state, offset)
-        candidates = random + [(random_key(seed, s + offset), s + offset, "other", i) for i, s in enumerate(other.manifest["random_samples"])]
+        theirs = [(random_key(seed, s + offset), s + offset, "other", i) for i, s in enumerate(other.manifest["random_samples"])]
+        candidates = random + theirs
         random = sorted(candidates)[:k]
         take = [(src, i) for _, _, src, i in random]
         for layer in state:
