@@ -309,7 +309,10 @@ class Session:
         accepted = getattr(self.adapter, "accepted_inputs", None)  # a family: what its model's forward takes
         enc = {k: v.to(self.device) for k, v in enc.items() if isinstance(v, torch.Tensor) and (accepted is None or k in accepted)}
         enc["pixel_values"] = enc["pixel_values"].to(self.dtype)
-        out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        # An answer never holds the image token: a (random or odd) model that emits it would give text that cannot be
+        # read back as a continuation (collect's text="generate" feeds answers back in).
+        out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                                  suppress_tokens=[int(self.adapter.image_token_id)])
         new = out[:, enc["input_ids"].shape[1] :].tolist()
         stop = {tok.eos_token_id, tok.pad_token_id}
         answers = []

@@ -9,6 +9,8 @@ from pathlib import Path
 
 #: 4: histogram edges at 2^e and 1.5 * 2^e; maps for the best map_k top samples only. 5: code histograms of every top sample.
 FORMAT_VERSION = 5
+#: The versions this neuronwidgets reads (a version-4 folder's categories read the kept maps as well as the histograms).
+READABLE_VERSIONS = (4, 5)
 
 
 MANIFEST = "manifest.json"

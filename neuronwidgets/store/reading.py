@@ -16,6 +16,7 @@ from neuronwidgets.store.layout import (
     FORMAT_VERSION,
     MANIFEST,
     MANIFEST_KEYS,
+    READABLE_VERSIONS,
     IndexFormatError,
     layer_file,
     writing_folder,
@@ -35,10 +36,11 @@ def read_manifest(path: Path) -> dict:
         raise IndexFormatError(f"{str(file)!r} is missing: {str(path)!r} is not a complete NeuronIndex folder")
     manifest = read_json_object(file)
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
+        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
         raise IndexFormatError(
-            f"{str(file)!r} has format version {version!r}; this neuronwidgets reads version {FORMAT_VERSION}. "
-            "Collect the index again with this version."
+            f"{str(file)!r} has format version {version!r}; this neuronwidgets reads versions {readable} "
+            f"(and writes {FORMAT_VERSION}). Collect the index again with this version."
         )
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing:

@@ -959,3 +959,31 @@ def test_a_folder_holding_only_a_decoding_takes_an_index_and_keeps_the_decoding(
     (folder / "notes.txt").write_text("mine")
     with pytest.raises(IndexFormatError, match="holds a different collection|holds files"):
         tiny_session.collect(data[:4], path=folder, **KW)
+
+
+def test_a_version_4_folder_still_loads_with_the_same_categories(one_pass, tmp_path):
+    """Format 4 kept code histograms only for the top samples past map_k; format 5 keeps them for all (faster categories)."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "v4"
+    shutil.copytree(one_pass.path, path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    map_k = manifest["map_k"]
+    for layer in manifest["layers"]:
+        file = path / "layers" / f"layer_{layer:03d}.safetensors"
+        with safe_open(str(file), "np") as f:
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+            note = json.loads(f.metadata()["neuronwidgets"])
+        for mod in ("image", "text"):
+            arrays[f"top_{mod}_hist"] = np.ascontiguousarray(arrays[f"top_{mod}_hist"][:, map_k:])
+        save_file(arrays, str(file), metadata={"neuronwidgets": json.dumps({**note, "format_version": 4}, sort_keys=True)})
+    (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 4}))
+    old = NeuronIndex.load(path)
+    pd.testing.assert_frame_equal(old.categories(), one_pass.categories())
+    for layer in old.layers:
+        np.testing.assert_array_equal(old.top_code_histograms(layer, "image"), one_pass.top_code_histograms(layer, "image"))
+    assert [r.sample for r in old.records(1, 3)] == [r.sample for r in one_pass.records(1, 3)]
+    (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 3}))
+    with pytest.raises(IndexFormatError, match="reads versions 4 and 5"):
+        NeuronIndex.load(path)

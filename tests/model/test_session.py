@@ -246,6 +246,28 @@ def test_generate_returns_answer_text_only(tiny_session, rgb_image):
     assert ids[0] == ids[1]
 
 
+def test_an_answer_never_holds_the_image_token(tiny_session, rgb_image):
+    """A model that would emit the image token (a random one may) answers without it, so text="generate" can read it back."""
+    from neuronwidgets.datasets import Sample, SampleList
+
+    image_id = tiny_session.adapter.image_token_id
+
+    def favour_image_token(module, args, output):
+        output = output.clone()
+        output[..., image_id] += 1e4
+        return output
+
+    handle = tiny_session.model.lm_head.register_forward_hook(favour_image_token)
+    try:
+        ids = tiny_session.generate_ids([rgb_image], [PROMPT], max_new_tokens=4)[0]
+        assert ids and image_id not in ids
+        data = SampleList([Sample(id="a", image=rgb_image, prompt=PROMPT)], name="one", fingerprint="one")
+        index = tiny_session.collect(data, text="generate", top_k=1, random_k=0, max_text_tokens=4, progress=False)
+        assert index.n_samples == 1
+    finally:
+        handle.remove()
+
+
 def test_repr_mentions_site_and_grid(tiny_session, rgb_image):
     assert "site 'act'" in repr(tiny_session)
     assert "4x4 grid" in repr(tiny_session.trace(rgb_image, PROMPT, layers=[0]))
