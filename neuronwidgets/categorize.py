@@ -3,7 +3,8 @@
 rule="paper" (default): on the neuron's 0-10 scale (its global max), a top sample is
 visually activated if at least `visual_min_patches` patches exceed `visual_threshold`
 (default: the paper's 4 of LLaVA's 576 patches, scaled to the index's grid and at least 1, so
-a 4x4 grid needs 1: see `paper_min_patches`), and
+a 4x4 grid needs 1: see `paper_min_patches`; where the grid varies per sample, to each top sample's
+own grid, grid_rows * grid_cols, not the padded width; a number given applies to every sample), and
 text-activated if at least `text_min_tokens` text tokens exceed `text_threshold`; it is then
 visual, text, multi-modal (both) or unactivated; the neuron takes its samples' most frequent
 label (ties go to the earlier of visual, text, multi-modal, unactivated). The per-label counts
@@ -37,6 +38,21 @@ def paper_min_patches(n_patches: int) -> int:
     return max(1, round(PAPER_MIN_PATCHES * n_patches / PAPER_PATCHES))
 
 
+def sample_min_patches(index) -> np.ndarray | None:
+    """Per sample id, the paper's patches on its own main grid (`paper_min_patches`); None where the grid is fixed."""
+    if index.fixed_grid:
+        return None
+    s = index.samples
+    missing = {"sample", "grid_rows", "grid_cols"} - set(s.columns)
+    if missing:
+        raise ValueError(f"the patch grid of {index.model!r} varies per sample, but its samples table lacks {sorted(missing)}")
+    ids = s["sample"].to_numpy(np.int64)
+    n = s["grid_rows"].to_numpy(np.int64) * s["grid_cols"].to_numpy(np.int64)
+    out = np.zeros(int(ids.max()) + 1 if len(ids) else 1, np.int64)
+    out[ids] = np.maximum(1, np.round(PAPER_MIN_PATCHES * n / PAPER_PATCHES)).astype(np.int64)  # as paper_min_patches: half to even
+    return out
+
+
 def sample_labels(image_levels: np.ndarray, text_levels: np.ndarray, *, visual_threshold: int = 2, visual_min_patches: int = 4,
                   text_threshold: int = 3, text_min_tokens: int = 2) -> np.ndarray:
     """Label each sample from its 0-10 levels: image [..., patches], text [..., tokens] -> str array [...]."""
@@ -61,7 +77,7 @@ def category_params(index, rule: str = "paper", *, top_n: int | None = None, vis
     if top_n is not None and whole_number(top_n, "top_n") < 1:
         raise ValueError(f"top_n is how many top samples per neuron to read, so 1 or more (None for all {index.top_k}); got {top_n}")
     top_n = min(index.top_k if top_n is None else int(top_n), index.top_k)
-    if visual_min_patches is None:
+    if visual_min_patches is None and index.fixed_grid:  # else None: each top sample's own (`sample_min_patches`)
         visual_min_patches = paper_min_patches(int(index.manifest["n_patches"]))
     out = {"rule": rule, "top_n": top_n}
     if rule == "paper":
@@ -147,9 +163,13 @@ def _categorize_layer(index, layer: int, params: dict, stats: pd.DataFrame | Non
     share, share_bal, base = _image_share(arrays, st, top_n)
     df = pd.DataFrame({"layer": layer, "neuron": np.arange(len(gmax)) if neurons is None else neurons})
     if params["rule"] == "paper":
-        counts = paper_counts(arrays["top_value"][:, :top_n], arrays["top_sample"][:, :top_n] >= 0, gmax,
+        top_sample = arrays["top_sample"][:, :top_n]
+        vmin = params["visual_min_patches"]
+        if vmin is None:  # the grid varies per sample: each top sample's own threshold [n, s]
+            vmin = sample_min_patches(index)[np.maximum(top_sample, 0)]
+        counts = paper_counts(arrays["top_value"][:, :top_n], top_sample >= 0, gmax,
                               _top_histograms(index, arrays, "image")[:, :top_n], _top_histograms(index, arrays, "text")[:, :top_n],
-                              (1 << index.manifest["map_bits"]) - 1, params["visual_threshold"], params["visual_min_patches"],
+                              (1 << index.manifest["map_bits"]) - 1, params["visual_threshold"], vmin,
                               params["text_threshold"], params["text_min_tokens"])
         for label in LABELS:
             df[f"n_{label.replace('-', '')}"] = counts[label]
@@ -216,12 +236,13 @@ def counts_from(hist: np.ndarray, first: np.ndarray) -> np.ndarray:
 
 
 def paper_counts(top_value: np.ndarray, valid: np.ndarray, gmax: np.ndarray, image_hist: np.ndarray, text_hist: np.ndarray, q: int,
-                 vt: int, vmin: int, tt: int, tmin: int) -> dict[str, np.ndarray]:
+                 vt: int, vmin: int | np.ndarray, tt: int, tmin: int) -> dict[str, np.ndarray]:
     """Per neuron, how many of its top samples carry each label, from the samples' code histograms ([n, s, q]).
 
     A sample's code c stands for c / q of its max (top_value), whose level on the neuron's scale
     (gmax) is `discretize`'s; it is visually activated when more than vmin - 1 of its patches
-    are above level vt, text-activated when tmin of its text tokens are above tt.
+    are above level vt, text-activated when tmin of its text tokens are above tt. vmin: one number,
+    or one per sample [n, s] (a grid that varies per sample).
     """
     scale = np.maximum(np.where(valid, top_value.astype(np.float64), 0.0), 0.0) / q
     g = np.asarray(gmax, np.float64)[:, None]

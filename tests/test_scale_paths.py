@@ -46,11 +46,18 @@ def index(toy, data, tmp_path_factory):
 
 # --- references ----------------------------------------------------------------------------------
 def brute_force_categories(index, top_n=None, vt=2, vmin=None, tt=3, tmin=2) -> pd.DataFrame:
-    """The paper rule neuron by neuron, sample by sample, from the maps themselves (an index with every map kept)."""
+    """The paper rule neuron by neuron, sample by sample, from the maps themselves (an index with every map kept).
+
+    vmin None: the paper's share of the grid, each top sample's own main grid where the grid varies per sample."""
     m = index.manifest
     q = (1 << m["map_bits"]) - 1
     top_n = top_n or index.top_k
-    vmin = cz.paper_min_patches(m["n_patches"]) if vmin is None else vmin
+
+    def min_patches(sample: int) -> int:
+        if vmin is not None:
+            return vmin
+        rows, cols = index.grid_of(sample)
+        return cz.paper_min_patches(rows * cols)
     stats = index.stats()
     rows = []
     for layer in index.layers:
@@ -68,8 +75,8 @@ def brute_force_categories(index, top_n=None, vt=2, vmin=None, tt=3, tmin=2) -> 
                 scale = max(float(arrays["top_value"][neuron, s]), 0.0) / q
                 img = discretize(images[neuron, s].astype(np.float64) * scale, gmax)
                 txt = discretize(texts[neuron, s].astype(np.float64) * scale, gmax)
-                label = cz.sample_labels(img, txt, visual_threshold=vt, visual_min_patches=vmin, text_threshold=tt,
-                                         text_min_tokens=tmin)
+                label = cz.sample_labels(img, txt, visual_threshold=vt, visual_min_patches=min_patches(arrays["top_sample"][neuron, s]),
+                                         text_threshold=tt, text_min_tokens=tmin)
                 counts[str(label)] += 1
             best = max(LABELS, key=lambda lab: (counts[lab], -LABELS.index(lab)))  # ties: the earlier label
             rows.append({"layer": layer, "neuron": neuron, "category": best if gmax > 0 else "inactive",
@@ -104,6 +111,54 @@ def test_fast_categories_equal_the_brute_force(index, full_maps, params):
         got = cz.categorize(idx, **params)
         pd.testing.assert_frame_equal(got[expected.columns].reset_index(drop=True), expected, check_dtype=False)
     np.testing.assert_allclose(cz.categorize(index, **params)["image_share"], brute_force_image_share(full_maps, top_n))
+
+
+@pytest.fixture(scope="module")
+def variable():
+    """A tiny Qwen2-VL whose grids run from 2x4 to 20x20 patches (paper thresholds 1 to 3): full maps, and maps for 2 of 6."""
+    from PIL import Image
+
+    from neuronwidgets.datasets.base import Sample
+    from neuronwidgets.toy.families import build_qwen2_vl
+
+    torch.set_num_threads(1)
+    session = nw.Session.from_model(*build_qwen2_vl(max_pixels=16 * 16 * 400), name="tiny-qwen2-vl-400")
+    prompt = session.adapter.prompt_template.format(question="what is the red shape?")
+    sizes = [(320, 320), (224, 256), (64, 40), (240, 160), (48, 48), (304, 288)]  # (w, h): 20x20, 16x14, 2x4, 10x15, 3x3, 18x19
+    data = [Sample(id=f"s{i}", image=Image.fromarray(np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)),
+                   prompt=prompt, caption="a red circle") for i, (w, h) in enumerate(sizes * 2)]
+    kw = dict(top_k=6, text="caption", batch_size=4, progress=False)
+    return session.collect(data, map_k=None, **kw), session.collect(data, map_k=2, **kw)
+
+
+@pytest.mark.parametrize("params", [{}, {"visual_threshold": 5}, {"visual_threshold": 7, "top_n": 4},
+                                    {"visual_threshold": 7, "visual_min_patches": 2}, {"visual_threshold": 8, "visual_min_patches": 1}])
+def test_a_varying_grid_takes_each_top_samples_own_threshold(variable, params):
+    full, few = variable
+    n_patches = full.manifest["n_patches"]
+    assert full.manifest["grid"] is None and n_patches == 400
+    own = [cz.paper_min_patches(r * c) for r, c in zip(full.samples["grid_rows"], full.samples["grid_cols"])]
+    assert sorted(set(own)) == [1, 2, 3] and cz.sample_min_patches(full)[full.samples["sample"]].tolist() == own
+    vt, vmin, top_n = params.get("visual_threshold", 2), params.get("visual_min_patches"), params.get("top_n")
+    expected = brute_force_categories(full, top_n, vt, vmin)  # a number given: every sample's threshold
+    for idx in (few, full):  # from the stored histograms, and with every map kept
+        got = cz.categorize(idx, **params)
+        pd.testing.assert_frame_equal(got[expected.columns].reset_index(drop=True), expected, check_dtype=False)
+        for layer, neuron in [(full.layers[-1], 0), (full.layers[0], 5)]:
+            want = got[(got.layer == layer) & (got.neuron == neuron)]["category"].iloc[0]
+            assert cz.neuron_category(idx, layer, neuron, **params) == want
+    if vmin is None and vt >= 5:  # the padded width's threshold for all would count otherwise here
+        assert not brute_force_categories(full, top_n, vt, cz.paper_min_patches(n_patches)).equals(expected)
+
+
+def test_a_varying_grids_share_base_rate_counts_real_image_tokens(variable):
+    full, _ = variable
+    st = full.stats()
+    real = int(full.samples["n_image_tokens"].sum())
+    assert real < len(full.samples) * full.manifest["n_patches"]  # the padding is not counted
+    np.testing.assert_array_equal(st["image_count"], real)
+    share = cz.categorize(full, "share")
+    np.testing.assert_allclose(share["image_base_rate"], real / (real + st["text_count"].to_numpy()))
 
 
 def test_files_keep_a_histogram_for_every_top_sample(index):
