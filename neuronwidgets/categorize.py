@@ -16,12 +16,20 @@ rule="share": the share of image tokens among the neuron's top-N token activatio
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from neuronwidgets.checks import whole_number
 from neuronwidgets.constants import CATEGORIES, LABELS
+
+if TYPE_CHECKING:
+    import altair as alt
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from neuronwidgets.store.index import NeuronIndex
 
 COLORS = {"visual": "#1f77b4", "text": "#ff7f0e", "multi-modal": "#2ca02c", "unactivated": "#bbbbbb", "inactive": "#555555"}
 
@@ -38,7 +46,7 @@ def paper_min_patches(n_patches: int) -> int:
     return max(1, round(PAPER_MIN_PATCHES * n_patches / PAPER_PATCHES))
 
 
-def sample_min_patches(index) -> np.ndarray | None:
+def sample_min_patches(index: NeuronIndex) -> np.ndarray | None:
     """Per sample id, the paper's patches on its own main grid (`paper_min_patches`); None where the grid is fixed."""
     if index.fixed_grid:
         return None
@@ -65,7 +73,7 @@ def _label(visual: np.ndarray, text: np.ndarray) -> np.ndarray:
     return np.where(visual & text, "multi-modal", np.where(visual, "visual", np.where(text, "text", "unactivated")))
 
 
-def category_params(index, rule: str = "paper", *, top_n: int | None = None, visual_threshold: int = 2,
+def category_params(index: NeuronIndex, rule: str = "paper", *, top_n: int | None = None, visual_threshold: int = 2,
                     visual_min_patches: int | None = None, text_threshold: int = 3, text_min_tokens: int = 2,
                     visual_share: float = 0.9, text_share: float = 0.1, balanced: bool = False) -> dict:
     """The parameters of a categorisation, checked and resolved (defaults filled in): one dict for calls that mean the same."""
@@ -92,7 +100,7 @@ def _cache_key(params: dict) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
 
-def cached_categories(index, rule: str = "paper", **params) -> pd.DataFrame:
+def cached_categories(index: NeuronIndex, rule: str = "paper", **params: Any) -> pd.DataFrame:
     """`categorize`, computed once per index, rule and parameters (a copy each time: callers may change theirs)."""
     resolved = category_params(index, rule, **params)
     cache = index.__dict__.setdefault("_category_cache", {})
@@ -102,7 +110,7 @@ def cached_categories(index, rule: str = "paper", **params) -> pd.DataFrame:
     return cache[key].copy()
 
 
-def neuron_category(index, layer: int, neuron: int, rule: str = "paper", **params) -> str:
+def neuron_category(index: NeuronIndex, layer: int, neuron: int, rule: str = "paper", **params: Any) -> str:
     """The category of one neuron: from the index's cached table when there is one, else from that neuron's arrays alone."""
     layer, neuron = index._check_layer(layer), index._check_neuron(neuron)
     resolved = category_params(index, rule, **params)
@@ -113,9 +121,9 @@ def neuron_category(index, layer: int, neuron: int, rule: str = "paper", **param
     return str(_categorize_layer(index, layer, resolved, neurons=np.array([neuron]))["category"].iloc[0])
 
 
-def categorize(index, rule: str = "paper", *, top_n: int | None = None, visual_threshold: int = 2, visual_min_patches: int | None = None,
-               text_threshold: int = 3, text_min_tokens: int = 2, visual_share: float = 0.9, text_share: float = 0.1,
-               balanced: bool = False) -> pd.DataFrame:
+def categorize(index: NeuronIndex, rule: str = "paper", *, top_n: int | None = None, visual_threshold: int = 2,
+               visual_min_patches: int | None = None, text_threshold: int = 3, text_min_tokens: int = 2,
+               visual_share: float = 0.9, text_share: float = 0.1, balanced: bool = False) -> pd.DataFrame:
     """One row per neuron: layer, neuron, category, the counts behind it, image_share, max."""
     params = category_params(index, rule, top_n=top_n, visual_threshold=visual_threshold, visual_min_patches=visual_min_patches,
                              text_threshold=text_threshold, text_min_tokens=text_min_tokens, visual_share=visual_share,
@@ -287,7 +295,7 @@ def _long(categories: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def category_chart(categories: pd.DataFrame):
+def category_chart(categories: pd.DataFrame) -> alt.Chart:
     """Altair: share of each category per layer (stacked bars), like the paper's figure."""
     import altair as alt
 
@@ -307,7 +315,7 @@ def category_chart(categories: pd.DataFrame):
     )
 
 
-def category_figure(categories: pd.DataFrame, ax=None):
+def category_figure(categories: pd.DataFrame, ax: Axes | None = None) -> Figure:
     """Matplotlib: the same stacked shares, for papers."""
     import matplotlib.pyplot as plt
 

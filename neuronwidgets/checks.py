@@ -6,7 +6,7 @@ import numbers
 import operator
 
 
-def whole_number(value, what: str) -> int:
+def whole_number(value: object, what: str) -> int:
     """`value` as an int: an int, a numpy or torch integer, or a float without a fraction (3.0).
 
     Anything else (1.5, "12", None) is a TypeError naming `what`, instead of being truncated

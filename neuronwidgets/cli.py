@@ -9,6 +9,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from neuronwidgets.datasets.base import SampleList
+    from neuronwidgets.model.session import Session
+
 import argparse
 import sys
 from pathlib import Path
@@ -17,7 +23,7 @@ from neuronwidgets.constants import SITES
 from neuronwidgets.llm.errors import LLMRequestError
 
 
-def load_session(model: str, device: str | None, dtype: str | None, site: str, download: bool = False):
+def load_session(model: str, device: str | None, dtype: str | None, site: str, download: bool = False) -> Session:
     from neuronwidgets.model.session import Session
 
     if model == "toy":
@@ -27,7 +33,7 @@ def load_session(model: str, device: str | None, dtype: str | None, site: str, d
     return Session.from_pretrained(model, device=device, dtype=dtype, site=site, download=download)
 
 
-def load_data(spec: str, images: str | None = None, limit: int | None = None, captions: str | None = None):
+def load_data(spec: str, images: str | None = None, limit: int | None = None, captions: str | None = None) -> SampleList:
     """shapes:n=N,seed=S | a folder of images | a COCO annotation file (with --images DIR) | any dataset spec."""
     from neuronwidgets.datasets.coco import coco
     from neuronwidgets.datasets.folder import image_folder
@@ -62,7 +68,7 @@ def layer_list(text: str | None) -> list[int] | None:
         raise ValueError(f"--layers takes comma-separated layer numbers such as 0,3,31; got {text!r}") from None
 
 
-def cmd_collect(args) -> int:
+def cmd_collect(args: argparse.Namespace) -> int:
     from neuronwidgets.collect import distributed as dist
     from neuronwidgets.collect.manifest import check_folder_for, run_manifest
     from neuronwidgets.store.index import NeuronIndex
@@ -109,7 +115,7 @@ def cmd_collect(args) -> int:
     return 0
 
 
-def cmd_merge(args) -> int:
+def cmd_merge(args: argparse.Namespace) -> int:
     from neuronwidgets.store.index import NeuronIndex
 
     merged = NeuronIndex.merge([NeuronIndex.load(p) for p in args.indexes], args.out, overwrite=args.overwrite)
@@ -117,7 +123,7 @@ def cmd_merge(args) -> int:
     return 0
 
 
-def cmd_info(args) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
     from neuronwidgets.store.index import NeuronIndex
 
     index = NeuronIndex.load(args.index)
@@ -136,7 +142,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_explain(args) -> int:
+def cmd_explain(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from neuronwidgets.store.index import NeuronIndex
@@ -196,7 +202,7 @@ def cmd_explain(args) -> int:
 DEMO_MIN_N = 24
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from neuronwidgets.demo import run_demo
 
     if args.n < DEMO_MIN_N:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from neuronwidgets.model.session import Session
+
 from pathlib import Path
 
 import pandas as pd
 
 
-def run_demo(out: Path, n: int = 600, session=None, progress: bool = True) -> dict:
+def run_demo(out: Path, n: int = 600, session: Session | None = None, progress: bool = True) -> dict:
     """Collect the toy over Shapes, print categories and scored concept explanations, write HTML widgets."""
     import neuronwidgets as nw
 

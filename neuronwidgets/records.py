@@ -7,12 +7,17 @@ out records for their top-activating and random samples; traces can be turned in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
 from dataclasses import dataclass, field
 
 import numpy as np
 
 
-def discretize(values, max_value: float) -> np.ndarray:
+def discretize(values: ArrayLike, max_value: float) -> np.ndarray:
     """The 0-10 scale of OpenAI's neuron-explainer: floor(10 * relu(a) / max), as int.
 
     The one discretisation used by prompts, cards, heatmaps and exports. A neuron whose

@@ -15,6 +15,7 @@ import base64
 import html
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
@@ -87,7 +88,7 @@ def overlay(image: Image.Image, levels: np.ndarray, style: str = "white", cmap: 
     return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8), "RGB")
 
 
-def side_by_side(*images: Image.Image, gap: int = 6, background=(255, 255, 255)) -> Image.Image:
+def side_by_side(*images: Image.Image, gap: int = 6, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """Images in a row, top-aligned, with a gap between them."""
     width = sum(im.width for im in images) + gap * (len(images) - 1)
     height = max(im.height for im in images)
@@ -109,7 +110,7 @@ def exemplar(image: Image.Image, patch_map: np.ndarray, max_value: float, min_si
     return side_by_side(ImageOps.expand(plain, 1, frame), ImageOps.expand(lit, 1, frame))
 
 
-def record_exemplar(record: ActivationRecord, image: Image.Image, max_value: float, **kwargs) -> Image.Image:
+def record_exemplar(record: ActivationRecord, image: Image.Image, max_value: float, **kwargs: Any) -> Image.Image:
     """`exemplar` for an ActivationRecord (its patch map) and the image of its sample."""
     return exemplar(image, record.patch_map, max_value, **kwargs)
 
@@ -122,7 +123,7 @@ def _font(size: int):
 
 
 def patch_grid(image: Image.Image, rows: int, cols: int, min_side: int = 384, min_cell: int = 24, crop: bool = True,
-               color=(255, 0, 255)) -> Image.Image:
+               color: tuple[int, int, int] = (255, 0, 255)) -> Image.Image:
     """The image with its patch grid drawn and labelled: column numbers along the top, row numbers down the left."""
     base = model_view(image, crop)
     side = max(min_side, min_cell * max(rows, cols))

@@ -5,7 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ def check_agreement(rank: Rank, settings: dict) -> None:
         raise RuntimeError("ranks disagree on model or arguments: " + "; ".join(diffs))
 
 
-def on_main(rank: Rank, fn):
+def on_main(rank: Rank, fn: Callable[[], T]) -> T:
     """fn() run by the main rank alone (it may write files); every rank gets its result or raises its error,
     so no rank waits at a barrier for one that failed."""
     if rank.world == 1:

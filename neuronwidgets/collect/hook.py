@@ -23,7 +23,7 @@ GROUP_BUFFER_BYTES = 64 << 20
 class BatchReducer:
     """The forward hook of a collection: `begin` a batch, then call with (layer, activations)."""
 
-    def __init__(self, states: dict[int, LayerState], batch_size: int):
+    def __init__(self, states: dict[int, LayerState], batch_size: int) -> None:
         self.layers = sorted(states)
         self._states = states
         self._groups: list[_LayerGroup] = []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from neuronwidgets.reduce.moments import HIST_EDGES
 from neuronwidgets.store.folder import finish_interrupted_write, holds_other_files
@@ -17,10 +19,14 @@ from neuronwidgets.store.layout import (
 )
 from neuronwidgets.store.reading import read_json_object
 
+if TYPE_CHECKING:
+    from neuronwidgets.datasets.base import Sample
+    from neuronwidgets.model.session import Session
 
-def run_manifest(session, samples, layers: list[int], positions: list[int], *, text: str, top_k: int, map_k: int | None,
-                 token_k: int | None, random_k: int, map_bits: int, max_text_tokens: int, batch_size: int, seed: int,
-                 n_patches: int | None = None) -> dict:
+
+def run_manifest(session: Session, samples: Sequence[Sample], layers: list[int], positions: list[int], *, text: str,
+                 top_k: int, map_k: int | None, token_k: int | None, random_k: int, map_bits: int, max_text_tokens: int,
+                 batch_size: int, seed: int, n_patches: int | None = None) -> dict:
     """What identifies a collection: the manifest `collect` writes, but for its progress and random samples.
 
     grid: the fixed grid [rows, cols], or None where it varies per sample (the samples table then holds

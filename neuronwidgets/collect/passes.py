@@ -21,6 +21,7 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,11 @@ from neuronwidgets.store.folder import finish_interrupted_write
 from neuronwidgets.store.index import NeuronIndex
 from neuronwidgets.store.layout import MANIFEST, writing_folder
 from neuronwidgets.store.reading import read_json_object, read_table
+
+if TYPE_CHECKING:
+    from neuronwidgets.datasets.base import Sample
+    from neuronwidgets.model.encoding import Encoded
+    from neuronwidgets.model.session import Session
 
 #: The most bytes the per-layer states of one pass take on a CPU, unless `collect(max_state_bytes=...)` says otherwise:
 #: at LLaVA-1.5-7B's shape 4 layers, and a pass's peak memory, batches of 16 and the forward pass included, about 4 GB
@@ -49,7 +55,7 @@ def state_bytes(n_neurons: int, n_patches: int, max_text: int, top_k: int, token
     return n_neurons * per_neuron + pending
 
 
-def layer_groups(layers: Sequence[int], per_layer: int, max_state_bytes: int | None, device) -> list[list[int]]:
+def layer_groups(layers: Sequence[int], per_layer: int, max_state_bytes: int | None, device: str | torch.device) -> list[list[int]]:
     """`layers` in consecutive groups whose states fit `max_state_bytes` (None: on a CPU `CPU_STATE_BUDGET`, else no limit)."""
     layers = list(layers)
     if max_state_bytes is None:
@@ -76,14 +82,16 @@ class ReplaySession:
     """A pass's view of the session: greedy answers remembered by (image, prompt) and replayed when a later pass
     asks again, and forward passes stopped after the last layer the pass records."""
 
-    def __init__(self, session):
+    def __init__(self, session: Session) -> None:
         self._session = session
         self._answers: dict[tuple, list[int]] = {}
 
     def __getattr__(self, name: str):
         return getattr(self._session, name)
 
-    def forward_record(self, batch, layers, site=None, on_activation=None):
+    def forward_record(self, batch: Sequence[Encoded], layers: Sequence[int], site: str | None = None,
+                       on_activation: Callable[[int, torch.Tensor], None] | None = None
+                       ) -> tuple[dict[int, torch.Tensor], list[int]]:
         """The session's forward_record, cut short after the last of `layers` when a callback takes them (nothing returned)."""
         if on_activation is None or not len(layers):
             return self._session.forward_record(batch, layers, site=site, on_activation=on_activation)
@@ -118,8 +126,8 @@ def _image_key(image) -> tuple:
     return array.shape, str(array.dtype), hashlib.sha1(array.tobytes()).hexdigest()
 
 
-def collect_in_passes(collect: Callable[..., NeuronIndex], session, samples, groups: list[list[int]], manifest: dict, *,
-                      path: Path | None, overwrite: bool, **kwargs) -> NeuronIndex:
+def collect_in_passes(collect: Callable[..., NeuronIndex], session: Session, samples: Sequence[Sample], groups: list[list[int]],
+                      manifest: dict, *, path: Path | None, overwrite: bool, **kwargs: Any) -> NeuronIndex:
     """Collect each group of layers in a pass of its own, then join them into the index of one pass (at `path`, or in memory).
 
     kwargs: the rest of `collect`'s arguments, the same for every pass.

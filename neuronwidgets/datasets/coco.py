@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -33,7 +34,7 @@ def rle_counts_from_string(s: str) -> list[int]:
     return counts
 
 
-def decode_segmentation(seg, height: int, width: int) -> np.ndarray:
+def decode_segmentation(seg: list | dict, height: int, width: int) -> np.ndarray:
     """A bool [H, W] mask from a polygon list or an (un)compressed RLE."""
     if isinstance(seg, list):  # polygons [[x0, y0, x1, y1, ...], ...]
         img = Image.new("L", (width, height), 0)
@@ -113,7 +114,7 @@ def coco(annotations: str | Path, images: str | Path | None = None, captions: st
     return SampleList(samples, name=f"coco:{ann_path.name}", fingerprint=spec)
 
 
-def hf_dataset(ds, image_column: str = "image", caption_column: str | None = None, prompt: str = DESCRIBE_PROMPT) -> SampleList:
+def hf_dataset(ds: Any, image_column: str = "image", caption_column: str | None = None, prompt: str = DESCRIBE_PROMPT) -> SampleList:
     """Samples from a Hugging Face `datasets.Dataset` (images decoded lazily, row by row)."""
     if image_column not in ds.column_names:
         raise KeyError(f"column {image_column!r} not in the dataset; its columns are {ds.column_names}")

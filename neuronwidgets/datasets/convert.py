@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from neuronwidgets.datasets.base import Sample, SampleList
 
 
-def as_samples(dataset) -> Sequence[Sample]:
+def as_samples(dataset: Any) -> Sequence[Sample]:
     """A sequence of `Sample` with a `fingerprint`, from any dataset form neuronwidgets accepts."""
     if isinstance(dataset, SampleList):
         return dataset

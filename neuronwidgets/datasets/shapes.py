@@ -27,6 +27,7 @@ red? -> circle), "count" (How many shapes are there? -> two) and "position"
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -206,7 +207,7 @@ def masks_for(labels: np.ndarray, objects: list[ShapeObject]) -> dict[str, np.nd
     return masks
 
 
-def make_sample(seed: int, index: int, **kwargs) -> Sample:
+def make_sample(seed: int, index: int, **kwargs: Any) -> Sample:
     """Sample `index` of world `seed` (same keyword arguments as `render`)."""
     grid = kwargs.get("grid", 4)
     image, labels, objects = render(seed, index, **kwargs)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from neuronwidgets.datasets.base import SampleList
+
 import re
 
 _SLICE = re.compile(r"^(?P<base>.*)\[(?P<a>-?\d*):(?P<b>-?\d*):?(?P<c>-?\d*)\]$")
@@ -37,7 +42,7 @@ def _call(fn, spec: str, args: dict[str, str]):
     return fn(**values)
 
 
-def from_spec(spec: str):
+def from_spec(spec: str) -> SampleList:
     """Rebuild a dataset from its spec; a trailing [a:b] slices it."""
     m = _SLICE.match(spec)
     if m:

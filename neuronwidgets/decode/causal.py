@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,12 @@ from torch import nn
 from neuronwidgets.checks import whole_number
 from neuronwidgets.decode.lm_head import find_parts, vocab_texts
 from neuronwidgets.model.intervene import check_neuron, clamp
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from neuronwidgets.decode.lm_head import NeuronDecoding
+    from neuronwidgets.model.session import Session
 
 
 def _module(model) -> nn.Module:
@@ -45,7 +52,7 @@ def _module(model) -> nn.Module:
     raise TypeError(f"expected a transformers model or a Session, got {type(model).__name__}")
 
 
-def session_inputs(session, pairs: Sequence) -> list[dict]:
+def session_inputs(session: Session, pairs: Sequence) -> list[dict]:
     """Model inputs (batch size 1 each) for (image, prompt) pairs, encoded the way `session.trace` encodes them."""
     out = []
     for pair in pairs:
@@ -95,7 +102,7 @@ def _last_positions(inputs: Mapping) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def next_token_logprobs(model, inputs: Sequence[Mapping], spec: Mapping | None = None, site: str | None = None,
+def next_token_logprobs(model: nn.Module | Session, inputs: Sequence[Mapping], spec: Mapping | None = None, site: str | None = None,
                         means: Mapping | None = None) -> torch.Tensor:
     """log p(next token) at each input's last position, float32 [n_inputs, vocab], with neurons clamped by `spec`.
 
@@ -150,9 +157,10 @@ def _named_tokens(decoding, layer: int, neuron: int, kind: str, direction: str, 
     return [int(t) for t in decoding.top_tokens(layer, neuron, kind=kind, direction=direction, k=k)["token_id"]]
 
 
-def causal_score(model, inputs: Sequence[Mapping], layer: int, neuron: int, value: float | str, *,
-                 decoding=None, tokens: Sequence[int] | None = None, k: int = 10, kind: str = "writes",
-                 site: str | None = None, means: Mapping | None = None, tokenizer=None) -> CausalScore:
+def causal_score(model: nn.Module | Session, inputs: Sequence[Mapping], layer: int, neuron: int, value: float | str, *,
+                 decoding: NeuronDecoding | None = None, tokens: Sequence[int] | None = None, k: int = 10, kind: str = "writes",
+                 site: str | None = None, means: Mapping | None = None,
+                 tokenizer: PreTrainedTokenizerBase | None = None) -> CausalScore:
     """The causal score of neuron (`layer`, `neuron`) clamped to `value` over `inputs` (definition: module docstring).
 
     The scored tokens are `tokens`, or the top `k` promoted tokens of `kind` in `decoding`.
@@ -200,13 +208,13 @@ def causal_score(model, inputs: Sequence[Mapping], layer: int, neuron: int, valu
                        baseline=baseline, suppressed_score=suppressed, per_token=per_token)
 
 
-def score_explanation(explanation, model, inputs: Sequence[Mapping], value: float | str, decoding=None,
-                      **kwargs) -> CausalScore:
+def score_explanation(explanation: Any, model: nn.Module | Session, inputs: Sequence[Mapping], value: float | str,
+                      decoding: NeuronDecoding | None = None, **kwargs: Any) -> CausalScore:
     """`causal_score` for the neuron an Explanation (anything with .layer and .neuron) is about."""
     return causal_score(model, inputs, explanation.layer, explanation.neuron, value, decoding=decoding, **kwargs)
 
 
-def clamp_sweep(model, inputs: Sequence[Mapping], layer: int, neuron: int, values: Sequence[float],
+def clamp_sweep(model: nn.Module | Session, inputs: Sequence[Mapping], layer: int, neuron: int, values: Sequence[float],
                 tokens: Sequence[int], site: str | None = None) -> pd.DataFrame:
     """p(token) at the next position, averaged over `inputs`, for each clamp value: value, token_id, prob, logprob."""
     module = _module(model)

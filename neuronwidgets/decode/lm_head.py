@@ -37,6 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -45,6 +46,12 @@ from torch import nn
 
 from neuronwidgets.checks import whole_number
 from neuronwidgets.model.intervene import language_model_of
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from neuronwidgets.model.session import Session
+    from neuronwidgets.store.index import NeuronIndex
 
 KINDS = ("writes", "reads_up", "reads_gate")
 DIRECTIONS = ("promoted", "suppressed")
@@ -68,7 +75,7 @@ class ModelParts:
     lm_head: nn.Module
 
 
-def find_parts(model) -> ModelParts:
+def find_parts(model: nn.Module | Session) -> ModelParts:
     """Decoder layers, final norm and LM head of a transformers causal LM or VLM (or a Session).
 
     The decoder stack is found by `neuronwidgets.model.intervene.language_model_of`
@@ -105,7 +112,7 @@ def norm_scale(norm: nn.Module) -> torch.Tensor | None:
     return 1.0 + weight if type(norm).__name__.startswith("Gemma") else weight
 
 
-def vocab_texts(tokenizer, vocab_size: int) -> list[str]:
+def vocab_texts(tokenizer: PreTrainedTokenizerBase | None, vocab_size: int) -> list[str]:
     """Each token id's own text, as the session shows tokens ('\u2581' as a space); ids past the tokenizer as '<id N>'."""
     if tokenizer is None:
         return [f"<id {i}>" for i in range(vocab_size)]
@@ -141,7 +148,8 @@ def chunk_rows(vocab: int, chunk_size: int | None) -> int:
 
 @torch.inference_mode()
 def decode_directions(directions: torch.Tensor, unembed: torch.Tensor, norm_weight: torch.Tensor | None, k: int,
-                      chunk_size: int | None = None, dtype: torch.dtype = torch.float32):
+                      chunk_size: int | None = None, dtype: torch.dtype = torch.float32
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k promoted and suppressed tokens of each row of `directions` [n, hidden], chunked over rows.
 
     Returns four tensors on the CPU: promoted ids/logits [n, k] (largest first) and
@@ -172,9 +180,11 @@ def decode_directions(directions: torch.Tensor, unembed: torch.Tensor, norm_weig
     return tuple(out)
 
 
-def decode_neurons(model, tokenizer=None, layers: Sequence[int] | None = None, k: int = 10,
+def decode_neurons(model: nn.Module | Session, tokenizer: PreTrainedTokenizerBase | None = None,
+                   layers: Sequence[int] | None = None, k: int = 10,
                    kinds: Sequence[str] = KINDS, chunk_size: int | None = None, fold_input_norm: bool = True,
-                   dtype: torch.dtype = torch.float32, progress: bool = False, path=None) -> "NeuronDecoding":
+                   dtype: torch.dtype = torch.float32, progress: bool = False,
+                   path: str | Path | None = None) -> "NeuronDecoding":
     """Decode every neuron of `layers` (all by default) into its top-k promoted and suppressed tokens.
 
     `model` is a transformers LLaVA or causal LM, or a Session (whose tokenizer is then used
@@ -260,7 +270,7 @@ def _folder_of(where) -> Path:
 _LOADED: dict = {}
 
 
-def decoding_for(index) -> "NeuronDecoding | None":
+def decoding_for(index: NeuronIndex) -> "NeuronDecoding | None":
     """The decoding saved in `index`'s folder (decoding.parquet), or None when there is none or it decodes other neurons."""
     folder = getattr(index, "path", None)
     file = Path(folder) / FILENAME if folder is not None else None

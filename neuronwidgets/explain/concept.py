@@ -15,6 +15,8 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,6 +26,10 @@ from neuronwidgets.explain import formula as fm
 from neuronwidgets.explain.data import category_of, dataset_of, sample_of
 from neuronwidgets.explain.explanation import Explanation
 from neuronwidgets.records import ActivationRecord
+
+if TYPE_CHECKING:
+    from neuronwidgets.datasets.base import Sample
+    from neuronwidgets.store.index import NeuronIndex
 
 CONCEPT_VERSION = "concept-v1"
 #: Words a free-text explanation uses around its concepts ("the word red", "red patches"), never painted by themselves.
@@ -54,7 +60,7 @@ _shared_masks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _shared_lock = threading.Lock()
 
 
-def masks_of(data, own: _MaskCache) -> _MaskCache:
+def masks_of(data: NeuronIndex | Sequence[Sample] | None, own: _MaskCache) -> _MaskCache:
     """The patch-mask cache of dataset `data`, shared by every concept explainer and simulator over it (`own` where it
     cannot be shared: no dataset, or one that takes no weak reference)."""
     if data is None:
@@ -94,9 +100,9 @@ class ConceptExplainer:
 
     name = "concept"
 
-    def __init__(self, data=None, *, threshold: float = 0.3, mask_threshold: float = 0.1, max_terms: int = 2, beam: int = 5,
-                 min_gain: float = 0.05, ops: tuple[str, ...] = ("AND", "OR"), include_random: bool = True,
-                 category_rule: str = "paper", exclude: tuple[str, ...] = ()):
+    def __init__(self, data: NeuronIndex | Sequence[Sample] | None = None, *, threshold: float = 0.3, mask_threshold: float = 0.1,
+                 max_terms: int = 2, beam: int = 5, min_gain: float = 0.05, ops: tuple[str, ...] = ("AND", "OR"),
+                 include_random: bool = True, category_rule: str = "paper", exclude: tuple[str, ...] = ()) -> None:
         if not 0 < threshold <= 1:
             raise ValueError(f"threshold is a share of the neuron's max, in (0, 1]; got {threshold}")
         self.data = data
@@ -165,7 +171,7 @@ class ConceptExplainer:
         return records, np.concatenate([a for a, _, _ in blocks]), full
 
     # --- the search --------------------------------------------------------------------------
-    def ranking(self, index, layer: int, neuron: int, category: str | None = None, top: int = 10) -> pd.DataFrame:
+    def ranking(self, index: NeuronIndex, layer: int, neuron: int, category: str | None = None, top: int = 10) -> pd.DataFrame:
         """The best formulas for a neuron with their IoU (what `explain` chooses from)."""
         category = category or _category(index, layer, neuron, self.category_rule)
         _, active, present = self._evidence(index, layer, neuron, _modality(category))
@@ -217,7 +223,7 @@ class ConceptExplainer:
                 best_f, best_iou = f, v
         return best_f, best_iou
 
-    def explain(self, index, layer: int, neuron: int, category: str | None = None) -> Explanation:
+    def explain(self, index: NeuronIndex, layer: int, neuron: int, category: str | None = None) -> Explanation:
         """The concept formula that best matches the neuron (category from `index.categories()` unless given)."""
         category = category or _category(index, layer, neuron, self.category_rule)
         base = dict(layer=layer, neuron=neuron, category=category, model="concept", prompt_version=CONCEPT_VERSION, explainer=self.name)
@@ -255,14 +261,14 @@ class ConceptSimulator:
 
     name = "concept"
 
-    def __init__(self, data=None):
+    def __init__(self, data: NeuronIndex | Sequence[Sample] | None = None) -> None:
         self.data = data
         self._masks = _MaskCache()
 
     def __repr__(self) -> str:
         return "<ConceptSimulator>"
 
-    def formula(self, explanation: Explanation | str, vocabulary=None) -> fm.Formula | None:
+    def formula(self, explanation: Explanation | str, vocabulary: Collection[str] | None = None) -> fm.Formula | None:
         """The formula to paint: the explanation's concept; else its text, read as a formula if every
         term is in `vocabulary`, else as the OR of the vocabulary's words it mentions (None: nothing)."""
         if isinstance(explanation, Explanation) and explanation.category == "inactive":
@@ -285,7 +291,8 @@ class ConceptSimulator:
             out = ("or", out, ("term", w))
         return out
 
-    def simulate(self, explanation: Explanation | str, item, modality: str = "image", *, sample=None,
+    def simulate(self, explanation: Explanation | str, item: ActivationRecord | Sample, modality: str = "image", *,
+                 sample: Sample | None = None,
                  grid: tuple[int, int] | None = None, tokens: list[str] | None = None) -> np.ndarray:
         """Painted 0-10 predictions on `item` (an ActivationRecord or a Sample): patches row-major, or tokens."""
         record = item if isinstance(item, ActivationRecord) else None

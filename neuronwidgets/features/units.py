@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +36,10 @@ from neuronwidgets.features.snmf import SNMFResult, fit_snmf, nnls_rows
 from neuronwidgets.model.session import Session
 
 if TYPE_CHECKING:
+    from neuronwidgets.datasets.base import Sample
     from neuronwidgets.decode.lm_head import NeuronDecoding
     from neuronwidgets.model.encoding import Encoded
+    from neuronwidgets.model.inputs import ImageLike
     from neuronwidgets.model.trace import Trace
     from neuronwidgets.store.index import NeuronIndex
 
@@ -185,7 +187,7 @@ def _plain(value: Any) -> Any:
 # --------------------------------------------------------------------------- gathering and fitting
 
 
-def gather_activations(session: Session, dataset, layers: Sequence[int] | int, *, text: str = "caption",
+def gather_activations(session: Session, dataset: Iterable[Sample | tuple], layers: Sequence[int] | int, *, text: str = "caption",
                        modalities: Sequence[str] = MODALITIES, batch_size: int = 8, max_text_tokens: int = 64,
                        tokens_per_sample: int | None = None, seed: int = 0,
                        progress: bool = False) -> tuple[dict[int, np.ndarray], pd.DataFrame]:
@@ -259,7 +261,7 @@ def gather_activations(session: Session, dataset, layers: Sequence[int] | int, *
     return acts, pd.concat(rows, ignore_index=True)
 
 
-def fit_features(session: Session, dataset, layer: int | Sequence[int], k: int, *, sparsity: float = 0.01,
+def fit_features(session: Session, dataset: Iterable[Sample | tuple], layer: int | Sequence[int], k: int, *, sparsity: float = 0.01,
                  text: str = "caption", modalities: Sequence[str] = MODALITIES, batch_size: int = 8,
                  tokens_per_sample: int | None = None, seed: int = 0, progress: bool = False,
                  **fit_kwargs: Any) -> FeatureSet:
@@ -318,7 +320,7 @@ class FeatureSession(Session):
         return (f"<FeatureSession {self.name!r} on {self.device}: {self.features.k} SNMF features in layers "
                 f"{self.features.layers} at site {self.site!r} (from {SOURCE_SITE})>")
 
-    def check_layers(self, layers) -> list[int]:
+    def check_layers(self, layers: Sequence[int] | int | None) -> list[int]:
         """As Session.check_layers, within the layers that have features (None: all of them)."""
         if layers is None:
             return list(self.features.layers)
@@ -335,7 +337,8 @@ class FeatureSession(Session):
 
     @torch.inference_mode()
     def forward_record(self, batch: Sequence[Encoded], layers: Sequence[int], site: str | None = None,
-                       on_activation=None) -> tuple[dict[int, torch.Tensor], list[int]]:
+                       on_activation: Callable[[int, torch.Tensor], None] | None = None
+                       ) -> tuple[dict[int, torch.Tensor], list[int]]:
         """Run a batch; each layer's mlp_in activations become feature coefficients [B, T, k] (float32)."""
         self._check_site(site)
         layers = self.check_layers(layers)
@@ -348,7 +351,8 @@ class FeatureSession(Session):
         store, lengths = self.base.forward_record(batch, layers, SOURCE_SITE)
         return {layer: self.features.coefficients(layer, acts) for layer, acts in store.items()}, lengths
 
-    def trace_batch(self, images, prompts, layers=None, continuations=None, site: str | None = None) -> list[Trace]:
+    def trace_batch(self, images: Sequence[ImageLike], prompts: Sequence[str] | str, layers: Sequence[int] | None = None,
+                    continuations: Sequence[str | Sequence[int] | None] | None = None, site: str | None = None) -> list[Trace]:
         """Traces of feature coefficients: `trace.neuron(layer, j)` is feature j on every token."""
         self._check_site(site)
         layers = self.check_layers(layers)
@@ -361,14 +365,15 @@ class FeatureSession(Session):
                                            _acts=np.ascontiguousarray(coeff.numpy(), dtype=np.float32)))
         return out
 
-    def trace(self, image, prompt: str, layers=None, continuation=None, site: str | None = None) -> Trace:
+    def trace(self, image: ImageLike, prompt: str, layers: Sequence[int] | None = None,
+              continuation: str | Sequence[int] | None = None, site: str | None = None) -> Trace:
         """One input's trace of feature coefficients."""
         return self.trace_batch([image], [prompt], layers=layers, continuations=None if continuation is None else [continuation],
                                 site=site)[0]
 
     # --- interventions -----------------------------------------------------------------
     def clamped(self, clamp: dict | None = None, *, ablate: Iterable | None = None, means: dict | None = None,
-                site: str | None = None):
+                site: str | None = None) -> contextlib.AbstractContextManager[None]:
         """Set features' coefficients at every position: `clamp` {(layer, feature): value}, `ablate` [(layer, feature)] (0 or mean)."""
         self._check_site(site)
         from neuronwidgets.model.intervene import ABLATE, MEAN, ablation_spec
@@ -388,7 +393,7 @@ class FeatureSession(Session):
             values.setdefault(layer, {})[j] = float(value)
         return self._hooks(values, steer={})
 
-    def steered(self, steer: Mapping[tuple[int, int], float]):
+    def steered(self, steer: Mapping[tuple[int, int], float]) -> contextlib.AbstractContextManager[None]:
         """Add alpha times feature j's unit direction to layer's mlp_in (the down_proj input) at every position: {(layer, j): alpha}."""
         adds: dict[int, dict[int, float]] = {}
         for key, alpha in dict(steer).items():
@@ -414,13 +419,15 @@ class FeatureSession(Session):
             for h in handles:
                 h.remove()
 
-    def generate_ids(self, images, prompts, max_new_tokens: int = 48, *, clamp=None, ablate=None, means=None, site=None,
+    def generate_ids(self, images: Sequence[ImageLike], prompts: Sequence[str], max_new_tokens: int = 48, *,
+                     clamp: dict | None = None, ablate: Iterable | None = None, means: dict | None = None, site: str | None = None,
                      steer: Mapping | None = None) -> list[list[int]]:
         """Greedy answers with features clamped (`clamp`, `ablate`) and/or steered (`steer` {(layer, j): alpha})."""
         with self.clamped(clamp, ablate=ablate, means=means, site=site), self.steered(steer or {}):
             return self._generate_ids(images, prompts, max_new_tokens)
 
-    def generate(self, image, prompt: str, max_new_tokens: int = 48, *, clamp=None, ablate=None, means=None, site=None,
+    def generate(self, image: ImageLike, prompt: str, max_new_tokens: int = 48, *, clamp: dict | None = None,
+                 ablate: Iterable | None = None, means: dict | None = None, site: str | None = None,
                  steer: Mapping | None = None) -> str:
         """The greedy answer text, with features clamped or steered while it generates."""
         ids = self.generate_ids([image], [prompt], max_new_tokens, clamp=clamp, ablate=ablate, means=means, site=site,
@@ -428,7 +435,7 @@ class FeatureSession(Session):
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     # --- collection and decoding ---------------------------------------------------------
-    def collect(self, dataset, **kwargs: Any) -> NeuronIndex:
+    def collect(self, dataset: Iterable[Sample | tuple], **kwargs: Any) -> NeuronIndex:
         """`collect` over features; with a `path`, the feature set is saved in the folder as features.safetensors."""
         from neuronwidgets.collect.runner import collect
 
@@ -438,7 +445,7 @@ class FeatureSession(Session):
         return index
 
     @classmethod
-    def for_index(cls, session: Session, index) -> "FeatureSession":
+    def for_index(cls, session: Session, index: NeuronIndex) -> "FeatureSession":
         """The FeatureSession of a feature index: its features.safetensors, checked against the index's site."""
         features = FeatureSet.load(index)
         site = index.manifest.get("site") if hasattr(index, "manifest") else None

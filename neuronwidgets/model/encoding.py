@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,12 @@ from neuronwidgets.checks import whole_number
 from neuronwidgets.constants import PROMPT_TEMPLATE
 from neuronwidgets.model.adapters.layout import MAIN_VIEW, ImageLayout
 from neuronwidgets.model.inputs import load_image
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
+
+    from neuronwidgets.model.adapters.base import ModelAdapter
+    from neuronwidgets.model.inputs import ImageLike
 
 
 @dataclass
@@ -34,7 +41,7 @@ class Encoded:
     n_images: int = 1
 
 
-def image_list(image) -> list[Image.Image]:
+def image_list(image: ImageLike | Sequence[ImageLike]) -> list[Image.Image]:
     """The images of one input: one image, or a list / tuple of them (several images in one prompt)."""
     items = list(image) if isinstance(image, (list, tuple)) else [image]
     if not items:
@@ -45,13 +52,13 @@ def image_list(image) -> list[Image.Image]:
 class Encoder:
     """A processor and an adapter: prompts checked, batches encoded, positions told apart (image patch or text)."""
 
-    def __init__(self, processor, adapter, vocab_size: int):
+    def __init__(self, processor: ProcessorMixin, adapter: ModelAdapter, vocab_size: int) -> None:
         self.processor = processor
         self.adapter = adapter
         self.vocab_size = int(vocab_size)
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         return self.processor.tokenizer
 
     def check_prompt(self, prompt: str, n_images: int = 1) -> str:
@@ -123,7 +130,7 @@ class Encoder:
         """Where `enc`'s image tokens are: image, view, row and col of each (see ImageLayout)."""
         return self.adapter.layout(enc.input_ids, enc.vision)
 
-    def checked_continuation(self, ids) -> list[int]:
+    def checked_continuation(self, ids: Sequence[int]) -> list[int]:
         """Continuation token ids, checked: in the model's vocabulary, and no image token (its image is the prompt's)."""
         ids = [whole_number(t, "a continuation token id") for t in ids]
         vocab = self.vocab_size
@@ -174,7 +181,7 @@ class Encoder:
         )
 
 
-def token_texts(tokenizer, ids: Sequence[int]) -> list[str]:
+def token_texts(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[str]:
     """Each token's own text, faithfully: SentencePiece's '\u2581' as a space, byte tokens kept."""
     pieces = tokenizer.convert_ids_to_tokens([int(i) for i in ids])
     return [(p or "").replace("\u2581", " ").replace("\u0120", " ").replace("\u010a", "\n") for p in pieces]

@@ -30,12 +30,16 @@ import contextlib
 import math
 import numbers
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from neuronwidgets.checks import whole_number
 from neuronwidgets.constants import SITES
+
+if TYPE_CHECKING:
+    from neuronwidgets.model.session import Session
 
 #: Value words accepted in a clamp spec besides numbers.
 ABLATE, MEAN = "ablate", "mean"
@@ -83,7 +87,7 @@ def n_neurons_of(layers: Sequence[nn.Module], layer: int) -> int:
     return int(_mlp(layers, layer).down_proj.in_features)
 
 
-def check_neuron(layers: Sequence[nn.Module], key, what: str = "neuron") -> Neuron:
+def check_neuron(layers: Sequence[nn.Module], key: Any, what: str = "neuron") -> Neuron:
     """`key` as a valid (layer, neuron) pair of `layers`, or a clear error naming the valid ranges."""
     if not isinstance(key, tuple) or len(key) != 2:
         raise TypeError(f"a {what} is a (layer, neuron) pair, got {key!r}")
@@ -144,7 +148,7 @@ def _setter(neurons: dict[int, float]):
 
 
 @contextlib.contextmanager
-def clamp(model_layers, spec: Mapping[Neuron, float | str], site: str = "act",
+def clamp(model_layers: Sequence[nn.Module] | nn.Module | Session, spec: Mapping[Neuron, float | str], site: str = "act",
           means: Mapping[Neuron, float] | None = None) -> Iterator[dict[int, dict[int, float]]]:
     """Set neurons to fixed values at every position while the block runs; yields {layer: {neuron: value}}.
 
@@ -206,7 +210,7 @@ def ablation_spec(clamp_spec: Mapping | None = None, ablate_neurons: Iterable | 
     return spec
 
 
-def ablate(model_layers, neurons: Iterable[Neuron], site: str = "act",
-           means: Mapping[Neuron, float] | None = None):
+def ablate(model_layers: Sequence[nn.Module] | nn.Module | Session, neurons: Iterable[Neuron], site: str = "act",
+           means: Mapping[Neuron, float] | None = None) -> contextlib.AbstractContextManager[dict[int, dict[int, float]]]:
     """Zero-ablate `neurons` while the block runs (or set each to its mean where `means` holds one)."""
     return clamp(model_layers, ablation_spec(None, neurons, means), site=site, means=means)

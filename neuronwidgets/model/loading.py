@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, ProcessorMixin
 
 #: from_pretrained's keyword arguments that say where a checkpoint is: the processor gets them too.
 HUB_KWARGS = ("local_files_only", "cache_dir", "revision", "token", "trust_remote_code", "subfolder", "force_download", "proxies")
 
 
-def looks_like_path(name_or_path) -> bool:
+def looks_like_path(name_or_path: str | Path) -> bool:
     """A folder path rather than a hub id ('owner/name'): a Path, or text that starts like a path or has more parts."""
     text = str(name_or_path)
     return isinstance(name_or_path, Path) or text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
 
 
-def model_source(name_or_path) -> str:
+def model_source(name_or_path: str | Path) -> str:
     """What transformers is given: a path with ~ expanded, a hub id as it is."""
     return str(Path(name_or_path).expanduser()) if looks_like_path(name_or_path) else str(name_or_path)
 
 
-def image_only(cls):
+def image_only(cls: type) -> type:
     """Processor class `cls` without its video processor (which needs torchvision); image inputs are unchanged.
 
     Qwen2-VL's, LLaVA-OneVision's and SmolVLM's processors want a video processor, which transformers
@@ -41,7 +45,7 @@ def image_only(cls):
     return type(cls.__name__, (cls,), {"__init__": scope["__init__"], "__module__": cls.__module__, "__doc__": cls.__doc__})
 
 
-def load_processor(source: str, **hub):
+def load_processor(source: str, **hub: Any) -> ProcessorMixin:
     """AutoProcessor.from_pretrained; without torchvision, a processor that wants a video processor is loaded without one."""
     import transformers
     from transformers import AutoConfig, AutoProcessor
@@ -61,7 +65,7 @@ def load_processor(source: str, **hub):
         return image_only(cls).from_pretrained(source, **hub)
 
 
-def load_model(source: str, **kwargs):
+def load_model(source: str, **kwargs: Any) -> PreTrainedModel:
     """The checkpoint's model through AutoModelForImageTextToText, else the class its config names."""
     import transformers
     from transformers import AutoConfig, AutoModelForImageTextToText

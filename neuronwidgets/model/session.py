@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -278,7 +279,7 @@ class Session:
 
     # --- interventions (neuronwidgets.model.intervene) ------------------------------------------
     def clamped(self, clamp: dict | None = None, *, ablate: Iterable | None = None, means: dict | None = None,
-                site: str | None = None):
+                site: str | None = None) -> contextlib.AbstractContextManager[None]:
         """A context in which neurons are set at every position: `clamp` {(layer, neuron): value}, `ablate` [(layer, neuron)].
 
         Ablated neurons read 0, or their mean where `means` {(layer, neuron): mean} gives one;

@@ -16,12 +16,12 @@ def quantize(values: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tens
     return codes.nan_to_num_(0.0).clamp_(max=q).to(torch.uint8)  # 0 / 0 where scale is 0
 
 
-def dequantize(codes: np.ndarray, scale, bits: int) -> np.ndarray:
+def dequantize(codes: np.ndarray, scale: np.ndarray | float, bits: int) -> np.ndarray:
     q = (1 << bits) - 1
     return (np.asarray(codes, np.float32) / q) * np.asarray(scale, np.float32)
 
 
-def pack4(codes):
+def pack4(codes: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Two 4-bit codes per byte along the last axis (padded to even length): a numpy array or a torch tensor."""
     if isinstance(codes, torch.Tensor):
         if codes.shape[-1] % 2:
@@ -32,19 +32,19 @@ def pack4(codes):
     return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
 
 
-def unpack4(packed, length: int):
+def unpack4(packed: np.ndarray | torch.Tensor, length: int) -> np.ndarray | torch.Tensor:
     """The codes `pack4` packed, cut to `length`: a numpy array or a torch tensor."""
     halves = (packed & 0x0F, packed >> 4)
     both = torch.stack(halves, -1) if isinstance(packed, torch.Tensor) else np.stack(halves, -1)
     return both.reshape(packed.shape[:-1] + (packed.shape[-1] * 2,))[..., :length]
 
 
-def store_codes(codes, bits: int):
+def store_codes(codes: np.ndarray | torch.Tensor, bits: int) -> np.ndarray | torch.Tensor:
     """Maps of uint8 codes [..., length] as an index keeps them, in files and in a LayerState (4-bit: two to a byte)."""
     return pack4(codes) if bits == 4 else codes
 
 
-def map_codes(stored, width: int, bits: int):
+def map_codes(stored: np.ndarray | torch.Tensor, width: int, bits: int) -> np.ndarray | torch.Tensor:
     """Stored maps as one uint8 code per patch or token, cut to `width`: numpy or torch."""
     return unpack4(stored, width) if bits == 4 else stored[..., :width]
 

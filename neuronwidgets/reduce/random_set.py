@@ -15,7 +15,7 @@ def random_key(seed: int, sample: int) -> int:
 class RandomSet:
     """The `k` samples with the smallest hash: a fixed random subset that merges exactly."""
 
-    def __init__(self, k: int, seed: int, entries: Sequence[tuple[int, int, int]] = ()):
+    def __init__(self, k: int, seed: int, entries: Sequence[tuple[int, int, int]] = ()) -> None:
         self.k, self.seed = k, seed
         self.entries = [tuple(e) for e in entries]  # (hash, sample, slot)
 

@@ -16,7 +16,7 @@ class Scratch:
     reuses memory, so there FRESH allocates as plain code would.
     """
 
-    def __init__(self, reuse: bool = True):
+    def __init__(self, reuse: bool = True) -> None:
         self.reuse = reuse
         self._local = threading.local()
 

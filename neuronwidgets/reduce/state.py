@@ -37,7 +37,8 @@ class LayerState(SparseFold, DenseFold):
     merged in when it grows, or when `t` is read. Reading `t` always gives the exact state.
     """
 
-    def __init__(self, n: int, n_patches: int, max_text: int, top_k: int, token_k: int, random_k: int, bits: int, device="cpu"):
+    def __init__(self, n: int, n_patches: int, max_text: int, top_k: int, token_k: int, random_k: int, bits: int,
+                 device: str | torch.device = "cpu") -> None:
         if top_k < 1 or token_k < 1:
             raise ValueError(f"top_k and token_k must be at least 1, got {top_k} and {token_k}")
         self._configure(n, n_patches, max_text, top_k, token_k, random_k, bits, device)
@@ -379,8 +380,8 @@ class LayerState(SparseFold, DenseFold):
         return {k: v.detach().cpu().numpy() for k, v in {**self.t, **self.canonical_top()}.items()}
 
     @classmethod
-    def from_numpy(cls, arrays: dict[str, np.ndarray], *, n_patches: int, max_text: int, top_k, token_k, random_k, bits,
-                   device="cpu") -> "LayerState":
+    def from_numpy(cls, arrays: dict[str, np.ndarray], *, n_patches: int, max_text: int, top_k: int, token_k: int,
+                   random_k: int, bits: int, device: str | torch.device = "cpu") -> "LayerState":
         """A LayerState over `arrays` as `to_numpy` gives them (maps in the state's form)."""
         n = arrays["top_value"].shape[0]
         state = cls(n, n_patches, max_text, top_k, token_k, random_k, bits, device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import torch
 
@@ -56,7 +57,8 @@ def sorted_top_order(values: torch.Tensor, keys: torch.Tensor, k: int) -> torch.
     return torch.gather(by_key, 1, by_val)[:, :k]
 
 
-def group_by_row(ids, n_rows: int):
+def group_by_row(ids: torch.Tensor | Sequence[torch.Tensor], n_rows: int
+                 ) -> tuple[torch.Tensor | None, torch.Tensor, tuple[int, int]] | None:
     """Entries by the row (0 .. n_rows - 1) they belong to: (rows, flat, (groups, width)), or None when there are none.
 
     ids: a tensor, or the runs (a list of tensors) whose concatenation it is; a run whose ids
@@ -93,7 +95,7 @@ def _ascending(ids: torch.Tensor) -> bool:
     return ids.numel() < 2 or bool((ids[1:] >= ids[:-1]).all())
 
 
-def padded(group, values: torch.Tensor, fill) -> torch.Tensor:
+def padded(group: tuple[torch.Tensor | None, torch.Tensor, tuple[int, int]], values: torch.Tensor, fill: float) -> torch.Tensor:
     """The grouped entries' `values` laid out as `group_by_row`'s padded [groups, width] array, `fill` elsewhere."""
     _, flat, shape = group
     out = torch.full(shape, fill, dtype=values.dtype, device=values.device)
@@ -109,7 +111,7 @@ class CandidateBuffer:
     batch's longest text): parts are padded with zeros to the widest.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.parts: list[tuple[torch.Tensor, ...]] = []
         self.size = 0
 
@@ -117,7 +119,7 @@ class CandidateBuffer:
         self.parts.append(columns)
         self.size += columns[0].numel()
 
-    def take(self):
+    def take(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
         """(the neuron column of each part, the other columns concatenated), None when empty; the buffer emptied.
 
         The neuron columns stay parts: the merge lays them out run by run (see `group_by_row`).

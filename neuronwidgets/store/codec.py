@@ -15,7 +15,7 @@ from neuronwidgets.reduce.codes import (
 from neuronwidgets.reduce.state import LayerState
 
 
-def smallest_uint(limit: int):
+def smallest_uint(limit: int) -> type[np.unsignedinteger]:
     """The smallest unsigned dtype that holds 0..limit."""
     return next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if limit <= np.iinfo(t).max)
 
@@ -78,7 +78,7 @@ def past_map_histograms(arrays: dict[str, np.ndarray], manifest: dict, modality:
     return hist[:, kept:] if hist.shape[1] == manifest["top_k"] else hist
 
 
-def arrays_to_state(arrays: dict[str, np.ndarray], stats: pd.DataFrame, m: dict, device="cpu") -> LayerState:
+def arrays_to_state(arrays: dict[str, np.ndarray], stats: pd.DataFrame, m: dict, device: str | torch.device = "cpu") -> LayerState:
     """Rebuild a LayerState (for resuming and merging) from a saved layer."""
     P, Tm, bits = m["n_patches"], m["max_text_tokens"], m["map_bits"]
     R = m["random_k"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 
 
-def neurons_of(obj) -> tuple[str | None, str | None]:
+def neurons_of(obj: object) -> tuple[str | None, str | None]:
     """(model, site) of a NeuronIndex, a Trace or a Session: whose neurons it holds (None where unknown)."""
     manifest = getattr(obj, "manifest", None)
     if isinstance(manifest, dict):
@@ -13,7 +13,7 @@ def neurons_of(obj) -> tuple[str | None, str | None]:
     return getattr(obj, "model_name", None) or getattr(obj, "name", None), getattr(obj, "site", None)
 
 
-def check_same_neurons(a, b, what: str) -> None:
+def check_same_neurons(a: object, b: object, what: str) -> None:
     """Refuse to put neurons of different sites side by side (layer 1 neuron 42 is another neuron there); warn for model names.
 
     a, b: NeuronIndexes, Traces or Sessions; `what` names them in the error ("the index and the trace").

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 #: 4: histogram edges at 2^e and 1.5 * 2^e; maps for the best map_k top samples only. 5: code histograms of every top sample.
@@ -64,7 +64,7 @@ def dataset_entry(fingerprint: str, size: int) -> dict:
     return {"fingerprint": fingerprint, "spec": spec, "size": int(size)}
 
 
-def prompts_digest(samples) -> str:
+def prompts_digest(samples: Iterable) -> str:
     """A digest of every sample's prompt, in order: the prompt shapes every activation, and a dataset's
     fingerprint does not cover prompts set on its samples (the command line's --prompt)."""
     digest = hashlib.sha1()

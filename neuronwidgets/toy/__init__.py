@@ -9,11 +9,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
-def load_toy(path: str | Path | None = None, device: str = "cpu"):
+def load_toy(path: str | Path | None = None, device: str = "cpu") -> tuple[Any, Any]:
     """(model, processor) of the shipped toy model, loaded from disk without any network."""
     import torch
     from transformers import LlavaForConditionalGeneration, LlavaProcessor

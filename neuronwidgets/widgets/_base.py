@@ -6,13 +6,19 @@ import io
 import math
 import threading
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anywidget
 import numpy as np
 from PIL import Image
 
 from neuronwidgets.widgets import _assets
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from neuronwidgets.model.trace import Trace
+    from neuronwidgets.store.index import NeuronIndex
 
 #: Largest side of an image sent to the browser (pixels); the patch grid is drawn over it.
 MAX_IMAGE_SIDE = 448
@@ -21,10 +27,10 @@ MAX_IMAGE_SIDE = 448
 class _LinkedModule:
     """`_esm` of a widget class: its entry module linked on first use (charts bundle vega, ~2 s once)."""
 
-    def __init__(self, entry: str):
+    def __init__(self, entry: str) -> None:
         self.entry = entry
 
-    def __get__(self, obj, cls=None):
+    def __get__(self, obj: object, cls: type | None = None) -> Any:
         return self if obj is None else _assets.esm(self.entry)
 
 
@@ -42,7 +48,7 @@ class NeuronWidget(anywidget.AnyWidget):
             cls._esm = _LinkedModule(cls._entry)
         super().__init_subclass__(**kwargs)
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Held while several traits change together; a widget that sets traits from another
         # thread (the explorer's simulations) takes it too, so no change can slip into a
         # batch that is being sent (ipywidgets' hold_sync is not thread-safe).
@@ -50,7 +56,8 @@ class NeuronWidget(anywidget.AnyWidget):
             self._sync_lock = threading.RLock()
         super().__init__(*args, **kwargs)
 
-    def notify_change(self, change):
+    def notify_change(self, change: dict[str, Any]) -> None:
+        """Send a trait change; one of `_sync_together` goes with what it recomputes, in one message."""
         if change.get("name") in self._sync_together and change.get("type") == "change":
             with self._sync_lock, self.hold_sync():
                 super().notify_change(change)
@@ -81,7 +88,7 @@ class NeuronWidget(anywidget.AnyWidget):
         return self.get_state()
 
 
-def check_trace_place(trace, name: str, value: int) -> int:
+def check_trace_place(trace: Trace, name: str, value: int) -> int:
     """For a trait validator: `value` if the layer or neuron (`name`) is in `trace`, else the trace's IndexError.
 
     Checked before the trait changes, so a bad number leaves the widget as it was.
@@ -91,7 +98,7 @@ def check_trace_place(trace, name: str, value: int) -> int:
 
 
 # --- payloads -----------------------------------------------------------------------------
-def finite(value) -> float | None:
+def finite(value: object) -> float | None:
     """A float, or None for what is missing, not a number or not finite (JSON has no NaN)."""
     try:
         value = float(value)
@@ -100,12 +107,12 @@ def finite(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def f32(values) -> bytes:
+def f32(values: ArrayLike) -> bytes:
     """float32 little-endian bytes (read in the browser as Float32Array via DataView)."""
     return np.ascontiguousarray(np.asarray(values, dtype="<f4")).tobytes()
 
 
-def i32(values) -> bytes:
+def i32(values: ArrayLike) -> bytes:
     """int32 little-endian bytes."""
     return np.ascontiguousarray(np.asarray(values, dtype="<i4")).tobytes()
 
@@ -123,7 +130,7 @@ def png(image: Image.Image, max_side: int = MAX_IMAGE_SIDE, crop: bool = True) -
     return buf.getvalue()
 
 
-def scale_for(values, vmax: float | None) -> float:
+def scale_for(values: ArrayLike, vmax: float | None) -> float:
     """The colour scale's top: `vmax` when given (the neuron's max over a dataset), else the largest |value| shown."""
     if vmax is not None and np.isfinite(vmax) and vmax > 0:
         return float(vmax)
@@ -138,7 +145,7 @@ def scale_for(values, vmax: float | None) -> float:
     return low if low > 0 else 1.0
 
 
-def token_fields(trace) -> dict[str, Any]:
+def token_fields(trace: Trace) -> dict[str, Any]:
     """Tokens as the token view needs them: text ('' for image tokens), patch index per token, grid."""
     tok = trace.tokens
     rows, cols = trace.grid
@@ -157,7 +164,7 @@ def token_fields(trace) -> dict[str, Any]:
     }
 
 
-def patch_top(trace, layer: int, k: int) -> tuple[bytes, bytes, int]:
+def patch_top(trace: Trace, layer: int, k: int) -> tuple[bytes, bytes, int]:
     """For every patch (row-major), the `k` most active neurons of `layer`: (ids int32, values float32, k)."""
     maps = trace.image_maps(layer)  # [rows, cols, neurons]
     flat = maps.reshape(-1, maps.shape[-1])
@@ -171,7 +178,7 @@ def patch_top(trace, layer: int, k: int) -> tuple[bytes, bytes, int]:
     return i32(ids), f32(np.take_along_axis(vals, order, axis=1)), k
 
 
-def neuron_max(index, layer: int, neuron: int) -> float | None:
+def neuron_max(index: NeuronIndex | None, layer: int, neuron: int) -> float | None:
     """The neuron's max over the index's dataset, or None where that is unknown."""
     if index is None:
         return None

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import traitlets as t
 
 from neuronwidgets.explain.data import sample_of
 from neuronwidgets.widgets._base import NeuronWidget, f32, finite, i32, neuron_max, png
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from neuronwidgets.datasets.base import Sample
+    from neuronwidgets.decode.lm_head import NeuronDecoding
+    from neuronwidgets.explain.explanation import Explanation
+    from neuronwidgets.explain.scoring import ScoreResult
+    from neuronwidgets.store.index import NeuronIndex
+
+    #: What the card reads an explanation from, and a score from.
+    ExplanationLike = Explanation | Mapping[str, Any] | pd.Series
+    ScoreLike = ScoreResult | float | Mapping[str, Any] | None
 
 HEADER_FIELDS = ("layer", "neuron", "category", "text", "explainer", "model", "concept", "prompt_version")
 EXEMPLAR_IMAGE_SIDE = 128
@@ -25,7 +39,7 @@ def _get(obj, name, default=None):
     return getattr(obj, name, default)
 
 
-def header_of(explanation) -> dict[str, Any]:
+def header_of(explanation: ExplanationLike) -> dict[str, Any]:
     """The card's header from an Explanation, a dict or a row of `index.explanations()` (strings stay text)."""
     out: dict[str, Any] = {}
     for name in HEADER_FIELDS:
@@ -36,7 +50,7 @@ def header_of(explanation) -> dict[str, Any]:
     return out
 
 
-def score_of(score, explanation=None) -> dict[str, Any]:
+def score_of(score: ScoreLike, explanation: ExplanationLike | None = None) -> dict[str, Any]:
     """{score, baseline, kinds} from a ScoreResult, a number, a dict, or the score columns of a table row."""
     if score is None:
         if finite(_get(explanation, "score")) is None:
@@ -54,7 +68,8 @@ def score_of(score, explanation=None) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def exemplars_of(index, layer: int, neuron: int, k: int, dataset=None) -> list[dict[str, Any]]:
+def exemplars_of(index: NeuronIndex | None, layer: int, neuron: int, k: int,
+                 dataset: Sequence[Sample] | None = None) -> list[dict[str, Any]]:
     """The neuron's top `k` records as small heatmaps: image PNG, patch map, text tokens with values."""
     if index is None or k <= 0:
         return []
@@ -92,7 +107,8 @@ def exemplars_of(index, layer: int, neuron: int, k: int, dataset=None) -> list[d
     return out
 
 
-def histogram_of(index, layer: int, neuron: int) -> dict[str, Any]:
+def histogram_of(index: NeuronIndex | None, layer: int, neuron: int) -> dict[str, Any]:
+    """{modality: {edges, counts}} of the neuron's activation histograms in the index ({} without one)."""
     out = {}
     if index is None:
         return out
@@ -109,7 +125,7 @@ def histogram_of(index, layer: int, neuron: int) -> dict[str, Any]:
 LOGIT_TOKENS = 10
 
 
-def resolve_decoding(decoding, index):
+def resolve_decoding(decoding: NeuronDecoding | str | None, index: NeuronIndex | None) -> NeuronDecoding | None:
     """The NeuronDecoding to show: the one given, or with "auto" the one saved in the index's folder (or None)."""
     if isinstance(decoding, str) and decoding == "auto":
         from neuronwidgets.decode import decoding_for
@@ -118,7 +134,7 @@ def resolve_decoding(decoding, index):
     return decoding
 
 
-def logits_of(decoding, layer: int, neuron: int, k: int = LOGIT_TOKENS) -> dict[str, Any]:
+def logits_of(decoding: NeuronDecoding | None, layer: int, neuron: int, k: int = LOGIT_TOKENS) -> dict[str, Any]:
     """{kind: {promoted: [...], suppressed: [...]}} for the card's logit lists; {} when the neuron is not decoded."""
     if decoding is None:
         return {}
@@ -129,8 +145,9 @@ def logits_of(decoding, layer: int, neuron: int, k: int = LOGIT_TOKENS) -> dict[
 # --- end LM-head decoding ----------------------------------------------------------------------
 
 
-def card_state(explanation, score=None, index=None, *, k: int = 4, dataset=None, layer=None, neuron=None,
-               decoding=None) -> dict[str, Any]:
+def card_state(explanation: ExplanationLike | None, score: ScoreLike = None, index: NeuronIndex | None = None, *, k: int = 4,
+               dataset: Sequence[Sample] | None = None, layer: int | None = None, neuron: int | None = None,
+               decoding: NeuronDecoding | None = None) -> dict[str, Any]:
     """Everything the card shows, as one dict (the explorer sends it as one trait); `decoding`: a NeuronDecoding or None."""
     header = header_of(explanation) if explanation is not None else {}
     if layer is not None:
@@ -172,12 +189,14 @@ class ExplanationCard(NeuronWidget):
     vmax = t.Float(1.0).tag(sync=True)
     logits = t.Dict().tag(sync=True)
 
-    def __init__(self, explanation, score=None, *, index=None, k: int = 4, dataset=None, decoding="auto", **kwargs):
+    def __init__(self, explanation: ExplanationLike | None, score: ScoreLike = None, *, index: NeuronIndex | None = None, k: int = 4,
+                 dataset: Sequence[Sample] | None = None, decoding: NeuronDecoding | str | None = "auto", **kwargs: Any) -> None:
         self.explanation, self.result, self.index = explanation, score, index
         self.decoding = resolve_decoding(decoding, index)
         super().__init__(**card_state(explanation, score, index, k=k, dataset=dataset, decoding=self.decoding), **kwargs)
 
-    def update(self, explanation, score=None, *, index=None, k: int = 4, dataset=None) -> None:
+    def update(self, explanation: ExplanationLike | None, score: ScoreLike = None, *, index: NeuronIndex | None = None, k: int = 4,
+               dataset: Sequence[Sample] | None = None) -> None:
         """Show another explanation (one message)."""
         self.explanation, self.result = explanation, score
         self.index = index if index is not None else self.index

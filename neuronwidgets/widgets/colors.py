@@ -44,6 +44,7 @@ def level_color(lv: int, cmap: str = "diverging") -> str:
 
 
 def value_color(value: float, vmax: float, cmap: str = "diverging") -> str:
+    """The CSS colour the front-end gives `value` on a scale topped by `vmax` (`level_color` of its level)."""
     return level_color(level(value, vmax), cmap)
 
 

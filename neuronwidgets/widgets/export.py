@@ -23,9 +23,12 @@ import html
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from neuronwidgets.widgets import _assets
+
+if TYPE_CHECKING:
+    from anywidget import AnyWidget
 
 #: DOMWidget and anywidget plumbing that a static page does not need.
 _DROP = {
@@ -125,7 +128,7 @@ def page(widgets: list, states: dict | None = None, title: str = "neuronwidgets"
     )
 
 
-def to_html(widgets, path: str | Path, title: str | None = None, states: dict | None = None) -> Path:
+def to_html(widgets: AnyWidget | Iterable[AnyWidget], path: str | Path, title: str | None = None, states: dict | None = None) -> Path:
     """Write `widgets` (one or a list) to `path` as one self-contained HTML file; returns the path.
 
     >>> nw.to_html([card, plot], "neuron.html")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pandas as pd
 import traitlets as t
@@ -18,6 +20,10 @@ from neuronwidgets.widgets._base import (
     scale_for,
 )
 from neuronwidgets.widgets.colors import CMAPS
+
+if TYPE_CHECKING:
+    from neuronwidgets.model.trace import Trace
+    from neuronwidgets.store.index import NeuronIndex
 
 
 class PatchHeatmap(NeuronWidget):
@@ -50,8 +56,8 @@ class PatchHeatmap(NeuronWidget):
     top_values = t.Bytes().tag(sync=True)  # float32 [rows * cols, k]
     k = t.Int(8).tag(sync=True)
 
-    def __init__(self, trace, layer: int, neuron: int, *, vmax: float | None = None, index=None, k: int = 8,
-                 cmap: str = "diverging", opacity: float = 0.6, **kwargs):
+    def __init__(self, trace: Trace, layer: int, neuron: int, *, vmax: float | None = None, index: NeuronIndex | None = None, k: int = 8,
+                 cmap: str = "diverging", opacity: float = 0.6, **kwargs: Any) -> None:
         self.index = index
         self.trace = self._checked(trace)
         self._fixed_vmax = vmax
@@ -88,7 +94,8 @@ class PatchHeatmap(NeuronWidget):
         if not self._updating:
             self.update(layer=self.layer, neuron=self.neuron, _layer_changed=change["name"] == "layer")
 
-    def update(self, trace=None, layer: int | None = None, neuron: int | None = None, *, _layer_changed: bool = True) -> None:
+    def update(self, trace: Trace | None = None, layer: int | None = None, neuron: int | None = None, *,
+               _layer_changed: bool = True) -> None:
         """Show another trace, layer or neuron; every changed trait goes in one message."""
         new_trace = trace is not None and trace is not self.trace
         trace = self._checked(trace) if new_trace else self.trace

@@ -5,13 +5,19 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import traitlets as t
 
 from neuronwidgets.explain.scoring import pearson as scoring_pearson
 from neuronwidgets.widgets._base import NeuronWidget, f32, finite, i32
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from neuronwidgets.explain.scoring import ScoreResult
 
 POINTS, FOCUS = "points", "focus"
 
@@ -58,12 +64,13 @@ def chart_spec() -> dict:
     return copy.deepcopy(_spec())
 
 
-def pearson(a, b) -> float | None:
+def pearson(a: ArrayLike, b: ArrayLike) -> float | None:
     """The score's Pearson correlation (non-finite pairs left out), None where it is undefined."""
     return finite(scoring_pearson(a, b))
 
 
-def sim_state(inputs: list[dict[str, Any]], *, grid=None, real_max: float | None = None, status: str = "") -> dict[str, Any]:
+def sim_state(inputs: list[dict[str, Any]], *, grid: Sequence[int] | None = None,
+              real_max: float | None = None, status: str = "") -> dict[str, Any]:
     """The plot's data from a list of inputs: {label, kind, modality, real, simulated (or None), labels?}."""
     real, sim, group, labels, meta = [], [], [], [], []
     have_labels = any(inp.get("labels") is not None for inp in inputs)
@@ -106,7 +113,7 @@ def sim_state(inputs: list[dict[str, Any]], *, grid=None, real_max: float | None
     }
 
 
-def inputs_from_result(result) -> list[dict[str, Any]]:
+def inputs_from_result(result: ScoreResult) -> list[dict[str, Any]]:
     """The plot's inputs from a ScoreResult's per_input table (rows the simulator could not answer are left out)."""
     df = result.per_input
     out = []
@@ -147,15 +154,16 @@ class SimulationPlot(NeuronWidget):
     status = t.Unicode("").tag(sync=True)
     spec = t.Dict().tag(sync=True)
 
-    def __init__(self, result=None, *, inputs: list[dict] | None = None, grid=None, real_max: float | None = None,
-                 title: str | None = None, **kwargs):
+    def __init__(self, result: ScoreResult | None = None, *, inputs: list[dict] | None = None, grid: Sequence[int] | None = None,
+                 real_max: float | None = None, title: str | None = None, **kwargs: Any) -> None:
         self.result = result
         state = self._state(result, inputs, grid, real_max, title)
         super().__init__(spec=chart_spec(), **state, **kwargs)
 
     @classmethod
-    def from_arrays(cls, real, simulated, *, labels=None, modality: str = "text", label: str = "input", grid=None,
-                    real_max: float | None = None, title: str = "") -> "SimulationPlot":
+    def from_arrays(cls, real: ArrayLike, simulated: ArrayLike | None, *, labels: Sequence[str] | None = None, modality: str = "text",
+                    label: str = "input", grid: Sequence[int] | None = None, real_max: float | None = None,
+                    title: str = "") -> SimulationPlot:
         """One input's real and simulated values (patches row-major, or tokens with `labels`)."""
         return cls(inputs=[{"label": label, "kind": "", "modality": modality, "real": real, "simulated": simulated, "labels": labels}],
                    grid=grid, real_max=real_max, title=title)
@@ -175,8 +183,9 @@ class SimulationPlot(NeuronWidget):
             state["status"] = f"{result.n_unparsed} simulator replies could not be parsed (left out)"
         return state
 
-    def update(self, result=None, *, inputs: list[dict] | None = None, real=None, simulated=None, labels=None,
-               modality: str = "text", grid=None, real_max: float | None = None, title: str | None = None) -> None:
+    def update(self, result: ScoreResult | None = None, *, inputs: list[dict] | None = None, real: ArrayLike | None = None,
+               simulated: ArrayLike | None = None, labels: Sequence[str] | None = None, modality: str = "text",
+               grid: Sequence[int] | None = None, real_max: float | None = None, title: str | None = None) -> None:
         """Redraw with new values (a ScoreResult, inputs, or one input's arrays); one message."""
         if real is not None:
             inputs = [{"label": "input", "kind": "", "modality": modality, "real": real, "simulated": simulated, "labels": labels}]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import traitlets as t
 
 from neuronwidgets.checks import whole_number
@@ -14,6 +16,10 @@ from neuronwidgets.widgets._base import (
     scale_for,
     token_fields,
 )
+
+if TYPE_CHECKING:
+    from neuronwidgets.model.trace import Trace
+    from neuronwidgets.store.index import NeuronIndex
 
 
 class TokenHeatmap(NeuronWidget):
@@ -41,7 +47,8 @@ class TokenHeatmap(NeuronWidget):
     image_token = t.Unicode("<image>").tag(sync=True)
     expanded = t.Bool(False).tag(sync=True)
 
-    def __init__(self, trace, layer: int, neuron: int, *, vmax: float | None = None, index=None, expanded: bool = False, **kwargs):
+    def __init__(self, trace: Trace, layer: int, neuron: int, *, vmax: float | None = None, index: NeuronIndex | None = None,
+                 expanded: bool = False, **kwargs: Any) -> None:
         self.index = index
         self.trace = self._checked(trace)
         self._fixed_vmax = vmax
@@ -62,7 +69,7 @@ class TokenHeatmap(NeuronWidget):
         if not self._updating:
             self.update()
 
-    def update(self, trace=None, layer: int | None = None, neuron: int | None = None) -> None:
+    def update(self, trace: Trace | None = None, layer: int | None = None, neuron: int | None = None) -> None:
         """Show another trace, layer or neuron; every changed trait goes in one message."""
         trace = self.trace if trace is None or trace is self.trace else self._checked(trace)
         layer = self.layer if layer is None else whole_number(layer, "layer")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,6 +12,10 @@ from torch import nn
 
 from neuronwidgets.constants import PROMPT_TEMPLATE, SITES
 from neuronwidgets.model.adapters.layout import ImageLayout, one_grid
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from transformers import ProcessorMixin
 
 
 def llava_question(prompt: str) -> str | None:
@@ -56,7 +61,7 @@ class ModelAdapter:
         """Whether `model` is of this family: by default, its class is one of `model_classes`."""
         return type(model).__name__ in cls.model_classes
 
-    def __init__(self, model: nn.Module, processor):
+    def __init__(self, model: nn.Module, processor: ProcessorMixin | None) -> None:
         self.model = model
         self.processor = processor
 
@@ -98,18 +103,19 @@ class ModelAdapter:
         ids = np.asarray(input_ids)
         return one_grid(np.flatnonzero(ids == self.image_token_id), *self.grid)
 
-    def count_image_tokens(self, image) -> int:
+    def count_image_tokens(self, image: Image.Image) -> int:
         """How many image tokens one image becomes (here always the grid's)."""
         rows, cols = self.grid
         return rows * cols
 
-    def model_inputs(self, batch: Sequence, width: int, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
+    def model_inputs(self, batch: Sequence, width: int, dtype: torch.dtype, device: str | torch.device) -> dict[str, torch.Tensor]:
         """The model inputs of a right-padded batch besides input_ids and attention_mask: the stacked pixels."""
         return {"pixel_values": torch.stack([e.pixel_values for e in batch]).to(device, dtype)}
 
     # --- recording -----------------------------------------------------------
     @contextlib.contextmanager
-    def record(self, layers: Sequence[int], site: str = "act", on_activation=None) -> Iterator[dict[int, torch.Tensor]]:
+    def record(self, layers: Sequence[int], site: str = "act",
+               on_activation: Callable[[int, torch.Tensor], None] | None = None) -> Iterator[dict[int, torch.Tensor]]:
         """Hook the neurons of `layers` at `site`; yields a dict filled by the next forward.
 
         Tensors stay on the model's device (no host copy here). With `on_activation(layer,
@@ -172,7 +178,7 @@ def adapter_classes() -> list[type[ModelAdapter]]:
             InternVLAdapter]
 
 
-def adapter_for(model: nn.Module, processor) -> ModelAdapter:
+def adapter_for(model: nn.Module, processor: ProcessorMixin | None) -> ModelAdapter:
     """The adapter for `model`'s family, or an error that lists the supported families."""
     classes = adapter_classes()
     for cls in classes:

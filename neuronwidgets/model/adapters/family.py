@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,11 +20,15 @@ from torch import nn
 from neuronwidgets.model.adapters.base import ModelAdapter
 from neuronwidgets.model.adapters.layout import ImageLayout
 
+if TYPE_CHECKING:
+    from PIL import Image
+    from transformers import ProcessorMixin
+
 #: Processor outputs that are not model inputs of their own (the token ids and the mask are built per batch).
 _TEXT_KEYS = ("input_ids", "attention_mask")
 
 
-def config_image_token_id(config) -> int:
+def config_image_token_id(config: Any) -> int:
     """The id of the token the model replaces with image features (image_token_id or image_token_index)."""
     for name in ("image_token_id", "image_token_index"):
         value = getattr(config, name, None)
@@ -62,7 +67,7 @@ class FamilyAdapter(ModelAdapter):
     #: A prompt for models whose processor has no chat template.
     default_prompt = "<image>\n{question}"
 
-    def __init__(self, model: nn.Module, processor):
+    def __init__(self, model: nn.Module, processor: ProcessorMixin | None) -> None:
         super().__init__(model, processor)
         #: Keyword arguments for every processor call, e.g. {"do_pan_and_scan": True} (Gemma 3),
         #: {"do_image_splitting": False} (Idefics3), {"size": {"shortest_edge": ..., "longest_edge": ...}} (Qwen2-VL).
@@ -138,7 +143,7 @@ class FamilyAdapter(ModelAdapter):
                 vision[key] = value
         return ids[real].tolist(), vision, token_types
 
-    def model_inputs(self, batch: Sequence, width: int, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
+    def model_inputs(self, batch: Sequence, width: int, dtype: torch.dtype, device: str | torch.device) -> dict[str, torch.Tensor]:
         """The vision and per-token inputs of a right-padded batch (not input_ids and attention_mask)."""
         out = {}
         for key in batch[0].vision:
@@ -159,7 +164,7 @@ class FamilyAdapter(ModelAdapter):
         raise NotImplementedError
 
     # --- sizes ---------------------------------------------------------------------
-    def count_image_tokens(self, image) -> int:
+    def count_image_tokens(self, image: Image.Image) -> int:
         """How many image tokens one image becomes with this processor."""
         size = [(image.height, image.width)]
         counts = None

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from neuronwidgets.model.adapters.family import FamilyAdapter, side_of
 from neuronwidgets.model.adapters.layout import MAIN_VIEW, ImageLayout, concat, runs
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 class Gemma3Adapter(FamilyAdapter):
@@ -51,7 +55,7 @@ class Gemma3Adapter(FamilyAdapter):
             return [0] * n_blocks
         raise ValueError(f"{n_blocks} image blocks for {n_images} pixel arrays: pan and scan crops need num_crops")
 
-    def encode_one(self, images: list, prompt: str):
+    def encode_one(self, images: list, prompt: str) -> tuple[list[int], dict[str, torch.Tensor], dict[str, list[int]]]:
         ids, vision, token_types = super().encode_one(images, prompt)
         n_blocks = int(np.sum(np.asarray(ids) == self.image_token_id)) // self.tokens_per_image
         if n_blocks != len(images):  # pan and scan: how many crops each image got (the processor drops num_crops)
@@ -62,7 +66,7 @@ class Gemma3Adapter(FamilyAdapter):
                 vision["_num_crops"] = torch.as_tensor(crops).reshape(-1)
         return ids, vision, token_types
 
-    def count_image_tokens(self, image) -> int:
+    def count_image_tokens(self, image: Image.Image) -> int:
         if self.processor_kwargs.get("do_pan_and_scan"):  # crops depend on the image: encode it
             ids, _, _ = self.encode_one([image], self.image_placeholder)
             return int(np.sum(np.asarray(ids) == self.image_token_id))

@@ -46,7 +46,7 @@ class InternVLAdapter(FamilyAdapter):
                                               int(kw["max_patches"]))
         return int(rows), int(cols)
 
-    def encode_one(self, images: list, prompt: str):
+    def encode_one(self, images: list, prompt: str) -> tuple[list[int], dict[str, torch.Tensor], dict[str, list[int]]]:
         ids, vision, token_types = super().encode_one(images, prompt)
         canvas = [self.tile_canvas(im.height, im.width) for im in images]
         tiles = sum(r * c + (1 if r * c > 1 else 0) for r, c in canvas)

@@ -14,14 +14,15 @@ from neuronwidgets.model.adapters.family import FamilyAdapter
 from neuronwidgets.model.adapters.layout import MAIN_VIEW, NEWLINE, ImageLayout, concat, one_grid, runs
 
 
-def best_resolution(height: int, width: int, pinpoints) -> tuple[int, int]:
+def best_resolution(height: int, width: int, pinpoints: Sequence[Sequence[int]]) -> tuple[int, int]:
     """transformers' select_best_resolution: the pinpoint that keeps the most of the image, then wastes the least."""
     from transformers.image_processing_utils import select_best_resolution
 
     return tuple(int(x) for x in select_best_resolution([int(height), int(width)], [list(p) for p in pinpoints]))
 
 
-def anyres_grid(height: int, width: int, pinpoints, tile: int, side: int, max_tiles: int | None = None) -> tuple[int, int]:
+def anyres_grid(height: int, width: int, pinpoints: Sequence[Sequence[int]], tile: int, side: int,
+                max_tiles: int | None = None) -> tuple[int, int]:
     """(rows, cols) of the hi-res grid of an image of `height` x `width`: the best pinpoint's tiles put together
     (side x side features each), the padding the resize added cut off, and for OneVision shrunk to about
     `max_tiles` tiles' worth (as the model's pack_image_features does)."""

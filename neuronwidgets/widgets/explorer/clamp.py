@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from neuronwidgets.decode.causal import next_token_logprobs
 from neuronwidgets.decode.lm_head import vocab_texts
 from neuronwidgets.widgets._base import neuron_max
+
+if TYPE_CHECKING:
+    from neuronwidgets.decode.lm_head import NeuronDecoding
+    from neuronwidgets.model.inputs import ImageLike
+    from neuronwidgets.model.session import Session
+    from neuronwidgets.store.index import NeuronIndex
 
 #: Next tokens listed on each side, and the decoding's named tokens followed.
 TOP_TOKENS = 8
@@ -19,7 +25,7 @@ ANSWER_TOKENS = 12
 SLIDER_STEPS = 100
 
 
-def clamp_range(index, layer: int, neuron: int) -> list[float]:
+def clamp_range(index: NeuronIndex | None, layer: int, neuron: int) -> list[float]:
     """[min, max, step] of the slider: -4x..+4x the neuron's max over the index (10 without one)."""
     top = neuron_max(index, layer, neuron) or 2.5
     span = 4.0 * top
@@ -34,14 +40,14 @@ def _top(logprobs: torch.Tensor, texts: list[str], k: int) -> list[dict[str, Any
     return [{"token": texts[int(i)], "token_id": int(i), "prob": float(p)} for p, i in zip(values, ids)]
 
 
-def unclamped_side(session, image, prompt: str) -> dict[str, Any]:
+def unclamped_side(session: Session, image: ImageLike, prompt: str) -> dict[str, Any]:
     """The unclamped answer and next-token distribution (the panel's left side; cache it per input)."""
     logprobs = next_token_logprobs(session, [(image, prompt)])[0]
     return {"answer": session.generate(image, prompt, max_new_tokens=ANSWER_TOKENS), "logprobs": logprobs}
 
 
-def clamp_panel(session, image, prompt: str, layer: int, neuron: int, value: float, *, free: dict | None = None,
-                decoding=None, site: str | None = None, seq: int = 0) -> dict[str, Any]:
+def clamp_panel(session: Session, image: ImageLike, prompt: str, layer: int, neuron: int, value: float, *,
+                free: dict | None = None, decoding: NeuronDecoding | None = None, site: str | None = None, seq: int = 0) -> dict[str, Any]:
     """{value, site, seq, before: {answer, top}, after: {answer, top}, named: [{token, before, after}]}."""
     site = site or session.site
     free = free or unclamped_side(session, image, prompt)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from neuronwidgets.widgets.explorer.widget import NeuronExplorer
 
 
-def export_state(explorer, prompts: list[str] | None = None, neurons: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+def export_state(explorer: NeuronExplorer, prompts: list[str] | None = None,
+                 neurons: list[tuple[int, int]] | None = None) -> dict[str, Any]:
     """The current state plus snapshots of (prompt, neuron) pairs, so the page answers those without a kernel."""
     state = explorer.get_state()
     prompts = list(dict.fromkeys([explorer.prompt, *(prompts if prompts is not None else explorer.prompts)]))

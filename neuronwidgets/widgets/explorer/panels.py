@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,8 +14,12 @@ from neuronwidgets.widgets._base import (
     token_fields,
 )
 
+if TYPE_CHECKING:
+    from neuronwidgets.model.trace import Trace
+    from neuronwidgets.store.index import NeuronIndex
 
-def heatmap_panels(trace, layer: int, neuron: int, index, k: int) -> dict[str, Any]:
+
+def heatmap_panels(trace: Trace, layer: int, neuron: int, index: NeuronIndex | None, k: int) -> dict[str, Any]:
     """tokens_view and patch_view for one trace and neuron, on the index's colour scale."""
     vmax = scale_for(trace.neuron(layer, neuron), neuron_max(index, layer, neuron))
     values = trace.neuron(layer, neuron)

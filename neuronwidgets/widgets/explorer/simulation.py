@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from neuronwidgets.constants import CATEGORY_MODALITY, MODALITIES
 from neuronwidgets.widgets._base import neuron_max
 from neuronwidgets.widgets.simulation_plot import sim_state
+
+if TYPE_CHECKING:
+    from neuronwidgets.datasets.base import Sample
+    from neuronwidgets.explain.base import NeuronSimulator
+    from neuronwidgets.explain.explanation import Explanation
+    from neuronwidgets.model.trace import Trace
+    from neuronwidgets.store.index import NeuronIndex
 
 NO_SIMULATOR = "no simulator (pass simulator=...)"
 
@@ -17,7 +26,7 @@ def modalities_for(category: str | None) -> list[str]:
     return [own] if own else list(MODALITIES)
 
 
-def as_explanation(row: dict | None):
+def as_explanation(row: dict | None) -> Explanation | str | None:
     """An explanation row as an Explanation (its text alone where the row cannot be read)."""
     if row is None:
         return None
@@ -29,7 +38,7 @@ def as_explanation(row: dict | None):
         return str(row.get("text") or "")
 
 
-def sim_inputs(trace, layer: int, neuron: int, modalities: list[str], simulated: dict | None) -> list[dict]:
+def sim_inputs(trace: Trace, layer: int, neuron: int, modalities: list[str], simulated: dict | None) -> list[dict]:
     """One chart input per modality: the real values and, when there, the simulated ones."""
     tok = trace.tokens
     text = tok.index[tok["modality"] == "text"].to_numpy()
@@ -46,7 +55,8 @@ def sim_inputs(trace, layer: int, neuron: int, modalities: list[str], simulated:
     return out
 
 
-def simulate(simulator, row: dict | None, sample, trace, modalities: list[str]) -> dict[str, np.ndarray]:
+def simulate(simulator: NeuronSimulator, row: dict | None, sample: Sample | None, trace: Trace,
+             modalities: list[str]) -> dict[str, np.ndarray]:
     """The simulator's 0-10 predictions on this input, per modality."""
     exp = as_explanation(row)
     tok = trace.tokens
@@ -55,8 +65,8 @@ def simulate(simulator, row: dict | None, sample, trace, modalities: list[str]) 
             for m in modalities}
 
 
-def sim_panel(simulator, row: dict | None, sample, trace, layer: int, neuron: int, index, modalities: list[str],
-              *, run: bool) -> tuple[dict, bool]:
+def sim_panel(simulator: NeuronSimulator | None, row: dict | None, sample: Sample | None, trace: Trace, layer: int, neuron: int,
+              index: NeuronIndex | None, modalities: list[str], *, run: bool) -> tuple[dict, bool]:
     """(the sim panel, whether the simulation still has to run)."""
     real_max = neuron_max(index, layer, neuron)
 
@@ -75,7 +85,7 @@ def sim_panel(simulator, row: dict | None, sample, trace, layer: int, neuron: in
         return panel(None, f"simulation unavailable: {type(err).__name__}: {err}"), False
 
 
-def failed_panel(trace, layer: int, neuron: int, index, modalities: list[str], err: BaseException) -> dict:
+def failed_panel(trace: Trace, layer: int, neuron: int, index: NeuronIndex | None, modalities: list[str], err: BaseException) -> dict:
     """The panel shown when a background simulation raised: never leave "simulating..." on screen."""
     return sim_state(sim_inputs(trace, layer, neuron, modalities, None), grid=trace.grid,
                      real_max=neuron_max(index, layer, neuron), status=f"simulation failed: {type(err).__name__}: {err}")

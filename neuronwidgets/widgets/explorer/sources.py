@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from PIL import Image
@@ -13,17 +14,28 @@ from neuronwidgets.constants import CATEGORIES
 from neuronwidgets.store.layout import IndexFormatError
 from neuronwidgets.widgets._base import png
 
+if TYPE_CHECKING:
+    from neuronwidgets.datasets.base import Sample
+    from neuronwidgets.explain.base import NeuronSimulator
+    from neuronwidgets.explain.explanation import Explanation
+    from neuronwidgets.explain.scoring import ScoreResult
+    from neuronwidgets.model.inputs import ImageLike
+    from neuronwidgets.store.index import NeuronIndex
+
+    #: Explanations as the explorer takes them: a table like `index.explanations()`, Explanations, ScoreResults or rows.
+    ExplanationsLike = pd.DataFrame | Iterable[Explanation | ScoreResult | Mapping[str, Any]] | None
+
 THUMB_SIDE = 48
 #: Errors that mean "this optional source is unavailable": the explorer goes on without it.
 UNAVAILABLE = (IndexFormatError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
-def is_missing(value) -> bool:
+def is_missing(value: object) -> bool:
     """None, NaN or pd.NA: a table cell with nothing in it."""
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
 
 
-def explanation_table(index, explanations) -> dict[tuple[int, int], dict]:
+def explanation_table(index: NeuronIndex | None, explanations: ExplanationsLike) -> dict[tuple[int, int], dict]:
     """{(layer, neuron): row} from a table like `index.explanations()`, Explanations or ScoreResults (default: the index's)."""
     if explanations is None and index is not None and hasattr(index, "explanations"):
         try:
@@ -58,7 +70,7 @@ def _rows(explanations) -> list[dict]:
     return rows
 
 
-def category_table(index, explanations: dict[tuple[int, int], dict]) -> dict[tuple[int, int], str]:
+def category_table(index: NeuronIndex | None, explanations: dict[tuple[int, int], dict]) -> dict[tuple[int, int], str]:
     """{(layer, neuron): category}: an explanation's own category first, then the index's (paper rule)."""
     out = {(k[0], k[1]): str(v["category"]) for k, v in explanations.items() if v.get("category")}
     if index is None or not hasattr(index, "categories"):
@@ -80,7 +92,7 @@ def category_names(categories: dict[tuple[int, int], str]) -> list[str]:
     return [c for c in CATEGORIES if c in found] + sorted(found - set(CATEGORIES))
 
 
-def pick_simulator(simulator, dataset):
+def pick_simulator(simulator: NeuronSimulator | str | None, dataset: Sequence[Sample] | None) -> NeuronSimulator | None:
     """The simulator to use: as given, or for "auto" a ConceptSimulator when the dataset has concept masks."""
     if simulator != "auto":
         return simulator
@@ -95,7 +107,7 @@ def pick_simulator(simulator, dataset):
     return ConceptSimulator(dataset)
 
 
-def initial_images(dataset, image, n_images: int) -> list[tuple[Image.Image, Any, str]]:
+def initial_images(dataset: Sequence[Sample] | None, image: ImageLike | None, n_images: int) -> list[tuple[Image.Image, Any, str]]:
     """(picture, sample or None, label) for the image picker: `image` first, then the dataset's first `n_images`."""
     from neuronwidgets.model.inputs import load_image
 
@@ -131,7 +143,7 @@ def first_neuron(explanations: dict, categories: dict, layers: list[int]) -> tup
     return active[0] if active else (layers[len(layers) // 2], 0)
 
 
-def default_prompt(template: str, sample) -> str:
+def default_prompt(template: str, sample: Sample | None) -> str:
     """The sample's first question, or its prompt, or a generic question in the model's template."""
     if sample is not None and getattr(sample, "qa", None):
         return sample.qa[0].prompt
@@ -140,7 +152,7 @@ def default_prompt(template: str, sample) -> str:
     return template.format(question="What is in the image?")
 
 
-def suggestions(sample, prompt: str) -> list[str]:
+def suggestions(sample: Sample | None, prompt: str) -> list[str]:
     """Prompts offered beside the prompt box: the current one and the sample's questions (each once)."""
     out = [prompt]
     if sample is not None:

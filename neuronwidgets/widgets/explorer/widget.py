@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +34,14 @@ from neuronwidgets.widgets.simulation_plot import chart_spec
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from neuronwidgets.datasets.base import Sample
+    from neuronwidgets.decode.lm_head import NeuronDecoding
+    from neuronwidgets.explain.base import NeuronSimulator
+    from neuronwidgets.model.inputs import ImageLike
     from neuronwidgets.model.session import Session
     from neuronwidgets.model.trace import Trace
     from neuronwidgets.store.index import NeuronIndex
+    from neuronwidgets.widgets.explorer.sources import ExplanationsLike
 
 #: How many traces (input, prompt, layer) the explorer keeps: going back to a prompt costs nothing.
 TRACE_CACHE = 16
@@ -97,10 +103,12 @@ class NeuronExplorer(NeuronWidget):
     clamp_range = t.List(t.Float()).tag(sync=True)
     clamp_view = t.Dict().tag(sync=True)
 
-    def __init__(self, session: Session, index: NeuronIndex | None = None, *, dataset=None, simulator="auto", explanations=None,
-                 layer: int | None = None, neuron: int | None = None, image=None, prompt: str | None = None, n_images: int = 8,
-                 k: int = 8, async_simulation: bool = True, max_matches: int = 200, card_exemplars: int = 3,
-                 decoding="auto"):
+    def __init__(self, session: Session, index: NeuronIndex | None = None, *, dataset: Sequence[Sample] | None = None,
+                 simulator: NeuronSimulator | str | None = "auto",
+                 explanations: ExplanationsLike = None,
+                 layer: int | None = None, neuron: int | None = None, image: ImageLike | None = None, prompt: str | None = None,
+                 n_images: int = 8, k: int = 8, async_simulation: bool = True, max_matches: int = 200, card_exemplars: int = 3,
+                 decoding: NeuronDecoding | str | None = "auto") -> None:
         if index is not None:
             check_same_neurons(session, index, "the session and the index")
         self.session, self.index = session, index
