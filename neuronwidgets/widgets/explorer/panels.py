@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 def heatmap_panels(trace: Trace, layer: int, neuron: int, index: NeuronIndex | None, k: int) -> dict[str, Any]:
     """tokens_view and patch_view for one trace and neuron, on the index's colour scale."""
-    vmax = scale_for(trace.neuron(layer, neuron), neuron_max(index, layer, neuron))
     values = trace.neuron(layer, neuron)
+    vmax = scale_for(values, neuron_max(index, layer, neuron))
     tops = trace.__dict__.setdefault("_nw_patch_top", {})  # cached on the (cached) trace
     if layer not in tops:
         tops[layer] = patch_top(trace, layer, k)
