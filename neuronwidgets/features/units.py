@@ -33,6 +33,7 @@ import torch
 
 from neuronwidgets.constants import MODALITIES
 from neuronwidgets.features.snmf import SNMFResult, fit_snmf, nnls_rows
+from neuronwidgets.model.adapters.base import site_hooks
 from neuronwidgets.model.session import Session
 
 if TYPE_CHECKING:
@@ -408,16 +409,10 @@ class FeatureSession(Session):
 
     @contextlib.contextmanager
     def _hooks(self, clamp: dict[int, dict[int, float]], steer: dict[int, dict[int, float]]) -> Iterator[None]:
-        layers = self.adapter.decoder_layers()
-        handles = []
-        try:
-            for layer in sorted(set(clamp) | set(steer)):
-                handles.append(layers[layer].mlp.down_proj.register_forward_pre_hook(
-                    _feature_hook(self.features, layer, clamp.get(layer, {}), steer.get(layer, {}))))
+        fns = {layer: _feature_hook(self.features, layer, clamp.get(layer, {}), steer.get(layer, {}))
+               for layer in sorted(set(clamp) | set(steer))}
+        with site_hooks(self.adapter.decoder_layers(), fns, SOURCE_SITE):
             yield
-        finally:
-            for h in handles:
-                h.remove()
 
     def generate_ids(self, images: Sequence[ImageLike], prompts: Sequence[str], max_new_tokens: int = 48, *,
                      clamp: dict | None = None, ablate: Iterable | None = None, means: dict | None = None, site: str | None = None,
@@ -478,7 +473,7 @@ class FeatureSession(Session):
 
 
 def _feature_hook(features: FeatureSet, layer: int, clamp: dict[int, float], steer: dict[int, float]):
-    """A down_proj pre-hook: set clamped features' coefficients (x += (v - c_j(x)) f_j), then add alpha_j f_j."""
+    """A `site_hooks` function at mlp_in: set clamped features' coefficients (x += (v - c_j(x)) f_j), then add alpha_j f_j."""
     idx = sorted(clamp)
     values = torch.tensor([clamp[j] for j in idx], dtype=torch.float32)
     add = None
@@ -486,8 +481,7 @@ def _feature_hook(features: FeatureSet, layer: int, clamp: dict[int, float], ste
         F = features.F(layer)
         add = sum(alpha * F[:, j] for j, alpha in steer.items())
 
-    def hook(module, args):
-        x = args[0]
+    def hook(x: torch.Tensor) -> torch.Tensor:
         out = x.float()
         if idx:
             F = features.F(layer).to(x.device)[:, idx]
@@ -499,6 +493,6 @@ def _feature_hook(features: FeatureSet, layer: int, clamp: dict[int, float], ste
                 out = out + miss @ F.T
         if add is not None:
             out = out + add.to(x.device)
-        return (out.to(x.dtype), *args[1:])
+        return out.to(x.dtype)
 
     return hook

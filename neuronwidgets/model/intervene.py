@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from neuronwidgets.checks import whole_number
-from neuronwidgets.constants import SITES
+from neuronwidgets.model.adapters.base import check_site, site_hooks
 
 if TYPE_CHECKING:
     from neuronwidgets.model.session import Session
@@ -155,8 +155,7 @@ def clamp(model_layers: Sequence[nn.Module] | nn.Module | Session, spec: Mapping
     `spec` maps (layer, neuron) to a number, to ``"ablate"`` (0) or to ``"mean"`` (the value
     `means[(layer, neuron)]`). Hooks are removed in a ``finally``.
     """
-    if site not in SITES:
-        raise ValueError(f"unknown neuron site {site!r}; choose one of {', '.join(SITES)}")
+    check_site(site)
     layers = _layer_list(model_layers)
     by_layer = resolve(layers, spec, means)
     if site == "act":
@@ -170,20 +169,8 @@ def clamp(model_layers: Sequence[nn.Module] | nn.Module | Session, spec: Mapping
                     "use site='mlp_in'")
             if fn is not None:
                 owners.setdefault(id(fn), layer)
-    handles = []
-    try:
-        for layer, neurons in by_layer.items():
-            mlp = _mlp(layers, layer)
-            apply = _setter(neurons)
-            if site == "act":
-                handles.append(mlp.act_fn.register_forward_hook(lambda m, a, out, f=apply: f(out)))
-            else:
-                handles.append(mlp.down_proj.register_forward_pre_hook(
-                    lambda m, args, f=apply: (f(args[0]), *args[1:])))
+    with site_hooks(layers, {layer: _setter(neurons) for layer, neurons in by_layer.items()}, site):
         yield by_layer
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _pairs(neurons) -> list:

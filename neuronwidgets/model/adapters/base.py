@@ -123,21 +123,33 @@ class ModelAdapter:
         so a reduction never holds more than one layer. Hooks are removed in a `finally`, so
         none outlives the block, whatever raises inside it.
         """
-        check_site(site)
         store: dict[int, torch.Tensor] = _CallbackStore(on_activation) if on_activation else {}
-        handles = []
-        all_layers = self.decoder_layers()
-        try:
-            for layer in layers:
-                mlp = all_layers[layer].mlp
-                if site == "act":
-                    handles.append(mlp.act_fn.register_forward_hook(_keep_output(store, layer)))
-                else:
-                    handles.append(mlp.down_proj.register_forward_pre_hook(_keep_input(store, layer)))
+        with site_hooks(self.decoder_layers(), {layer: _keep(store, layer) for layer in layers}, site):
             yield store
-        finally:
-            for h in handles:
-                h.remove()
+
+
+@contextlib.contextmanager
+def site_hooks(all_layers: Sequence[nn.Module], fns: dict[int, Callable[[torch.Tensor], torch.Tensor | None]],
+               site: str = "act") -> Iterator[None]:
+    """Hook `site` of each layer in `fns`: `fns[layer](tensor)` sees the neurons' activations and may return a
+    replacement (None keeps them). Hooks are removed in a `finally`."""
+    check_site(site)
+    handles = []
+    try:
+        for layer, fn in fns.items():
+            mlp = all_layers[layer].mlp
+            if site == "act":
+                handles.append(mlp.act_fn.register_forward_hook(lambda m, args, out, f=fn: f(out)))
+            else:
+                handles.append(mlp.down_proj.register_forward_pre_hook(lambda m, args, f=fn: _replace_first(args, f(args[0]))))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _replace_first(args: tuple, first: torch.Tensor | None) -> tuple | None:
+    return None if first is None else (first, *args[1:])
 
 
 class _CallbackStore(dict):
@@ -151,18 +163,11 @@ class _CallbackStore(dict):
         self._callback(layer, tensor)
 
 
-def _keep_output(store: dict, layer: int):
-    def hook(module, args, output):
-        store[layer] = output.detach()
+def _keep(store: dict, layer: int):
+    def keep(tensor: torch.Tensor) -> None:
+        store[layer] = tensor.detach()
 
-    return hook
-
-
-def _keep_input(store: dict, layer: int):
-    def hook(module, args):
-        store[layer] = args[0].detach()
-
-    return hook
+    return keep
 
 
 def adapter_classes() -> list[type[ModelAdapter]]:
