@@ -29,6 +29,19 @@ def neuron_axis(name: str) -> int | None:
     return 1 if name.startswith("random_") else 0
 
 
+#: The arrays of the top-k samples, slot by slot.
+TOP_NAMES = ("top_value", "top_sample", "top_image_codes", "top_text_codes")
+
+
+def _best_top(arrays: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """The `k` best top-sample slots of `arrays` (TOP_NAMES), sorted: value descending, then sample ascending."""
+    idx = top_order(arrays["top_value"], arrays["top_sample"], k)
+    out = {name: torch.gather(arrays[name], 1, idx) for name in ("top_value", "top_sample")}
+    for name in ("top_image_codes", "top_text_codes"):
+        out[name] = torch.gather(arrays[name], 1, idx[:, :, None].expand(-1, -1, arrays[name].shape[2]))
+    return out
+
+
 class LayerState(SparseFold, DenseFold):
     """The reductions of one layer's `n` neurons over the samples seen so far.
 
@@ -343,12 +356,7 @@ class LayerState(SparseFold, DenseFold):
 
     def canonical_top(self) -> dict[str, torch.Tensor]:
         """The top-k arrays sorted per neuron: value descending, then sample ascending."""
-        t = self.t
-        idx = top_order(t["top_value"], t["top_sample"], self.top_k)
-        out = {"top_value": torch.gather(t["top_value"], 1, idx), "top_sample": torch.gather(t["top_sample"], 1, idx)}
-        for name in ("top_image_codes", "top_text_codes"):
-            out[name] = torch.gather(t[name], 1, idx[:, :, None].expand(-1, -1, t[name].shape[2]))
-        return out
+        return _best_top(self.t, self.top_k)
 
     # --- merging ---------------------------------------------------------------
     def merge(self, other: "LayerState", random_take: list[tuple[str, int]]) -> None:
@@ -361,13 +369,7 @@ class LayerState(SparseFold, DenseFold):
             t[f"{m}_max"] = torch.maximum(t[f"{m}_max"], o[f"{m}_max"])
             t[f"{m}_hist"] = t[f"{m}_hist"] + o[f"{m}_hist"]
             self._merge_tokens(m, None, o[f"tok_{m}_value"], self._token_key(m, o[f"tok_{m}_sample"], o[f"tok_{m}_pos"]))
-        cand_v = torch.cat([t["top_value"], o["top_value"]], 1)
-        cand_s = torch.cat([t["top_sample"], o["top_sample"]], 1)
-        idx = top_order(cand_v, cand_s, self.top_k)
-        t["top_value"], t["top_sample"] = torch.gather(cand_v, 1, idx), torch.gather(cand_s, 1, idx)
-        for name in ("top_image_codes", "top_text_codes"):
-            cand = torch.cat([t[name], o[name]], 1)
-            t[name] = torch.gather(cand, 1, idx[:, :, None].expand(-1, -1, cand.shape[2]))
+        t.update(_best_top({name: torch.cat([t[name], o[name]], 1) for name in TOP_NAMES}, self.top_k))
         for name in ("random_value", "random_image_codes", "random_text_codes"):
             src = {"self": t[name], "other": o[name]}
             new = torch.zeros_like(t[name])

@@ -47,11 +47,6 @@ class MergePlan:
     redrawn_random: bool  # random samples re-drawn under the merged numbering (slices of one dataset)
 
 
-def check_compatible(indexes: Sequence[NeuronIndex]) -> None:
-    """A clear error unless the indexes come from one collection set-up over disjoint samples."""
-    plan_merge(indexes)
-
-
 def _settings_differences(first: NeuronIndex, other: NeuronIndex) -> str:
     diff = [k for k in MERGE_KEYS if first.manifest.get(k) != other.manifest.get(k)]
     return "; ".join(f"{k}: {first.manifest.get(k)!r} vs {other.manifest.get(k)!r}" for k in diff)
@@ -72,8 +67,9 @@ def plan_merge(indexes: Sequence[NeuronIndex]) -> MergePlan:
         if detail:
             raise ValueError(f"cannot merge {first.path or 'index'} with {other.path or 'index'}: they differ in {detail}")
     prints = [(i.manifest.get("dataset") or {}).get("fingerprint") for i in indexes]
+    sample_sets = [set(int(s) for s in i.samples["sample"]) for i in indexes]
     if len(set(prints)) == 1:
-        _refuse_overlap([set(int(s) for s in i.samples["sample"]) for i in indexes], [0] * len(indexes))
+        _refuse_overlap(sample_sets, [0] * len(indexes))
         prompts = {i.manifest.get("prompts") for i in indexes}
         if len(prompts) > 1:
             raise ValueError("cannot merge: the shards were collected with different prompts (--prompt)")
@@ -87,7 +83,7 @@ def plan_merge(indexes: Sequence[NeuronIndex]) -> MergePlan:
     ranges = [(int(s["start"]), int(s["stop"])) for s in slices]
     base, top = min(a for a, _ in ranges), max(b for _, b in ranges)
     offsets = [a - base for a, _ in ranges]
-    _refuse_overlap([set(int(s) for s in i.samples["sample"]) for i in indexes], offsets)
+    _refuse_overlap(sample_sets, offsets)
     parent = slices[0]["parent"]
     fingerprint = f"{parent}[{base}:{top}:1]"
     order = sorted(range(len(indexes)), key=lambda i: ranges[i][0])
